@@ -1,0 +1,11 @@
+//! command-svc: the write side. It authenticates and authorizes callers, checks their input,
+//! runs `events::decide` and appends the resulting events to JetStream with optimistic
+//! concurrency on the job's subject. It stores nothing itself: the stream is the truth.
+
+pub mod config;
+pub mod routes;
+pub mod startup;
+pub mod store;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,19 @@
+use clap::Parser;
+use command_svc::{Application, Config};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    common::telemetry::init(config.log.log_format);
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("command-svc: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = app.run_until_stopped(common::server::shutdown_signal()).await {
+        eprintln!("command-svc: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,141 @@
+//! `POST /jobs/v1/enqueue` and `POST /jobs/v1/enqueue/batch`.
+//!
+//! Each job is checked, decided (`events::decide`) and appended as a `JobEnqueued` event on a
+//! new subject (expected last sequence 0); the answer is the job as `events::apply` folds it,
+//! with the event's stream sequence in `x-event-seq`. A batch is all or none.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use common::auth::AuthUser;
+use common::error::envelope;
+use common::json::ApiJson;
+use common::{ApiError, ApiResult};
+use events::validate::{EnqueueRequest, EnqueueSpec, FieldError};
+use events::{apply, decide, Actor, Command, Envelope, Job, Recorded, SCHEMA_VERSION};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::startup::AppState;
+
+pub const MAX_BATCH: usize = 500;
+
+pub fn router(config: &Config) -> Router<AppState> {
+    // The single-job body may carry the largest payload plus the other fields.
+    let single_limit = config.max_payload_bytes + 64 * 1024;
+    Router::new()
+        .route("/jobs/v1/enqueue", post(enqueue).layer(DefaultBodyLimit::max(single_limit)))
+        .route(
+            "/jobs/v1/enqueue/batch",
+            post(enqueue_batch).layer(DefaultBodyLimit::max(config.max_batch_body_bytes)),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    jobs: Vec<EnqueueRequest>,
+}
+
+/// Checks one request and turns it into the first event of a new job.
+fn new_job(
+    state: &AppState,
+    user: &AuthUser,
+    req: EnqueueRequest,
+    prefix: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Envelope, Vec<FieldError>> {
+    let spec: EnqueueSpec = req.validate(now, prefix)?;
+    let size = serde_json::to_vec(&spec.payload).map_or(0, |b| b.len());
+    if size > state.max_payload_bytes {
+        return Err(vec![FieldError::new(format!("{prefix}payload"), "too large")]);
+    }
+    let mut events = decide(None, &Command::Enqueue(spec), now).map_err(|r| match r {
+        events::Rejection::Validation(f) => f,
+        other => vec![FieldError::new("body", other.to_string())],
+    })?;
+    Ok(Envelope {
+        event_id: Uuid::now_v7(),
+        schema_version: SCHEMA_VERSION,
+        tenant_id: user.tenant_id(),
+        job_id: Uuid::now_v7(),
+        at: now,
+        actor: Actor::user(user.actor_id()),
+        event: events.remove(0),
+    })
+}
+
+fn payload_too_large(errors: &[FieldError]) -> bool {
+    errors.iter().any(|e| e.field.ends_with("payload") && e.message == "too large")
+}
+
+fn reject(errors: Vec<FieldError>, max: usize) -> ApiError {
+    if payload_too_large(&errors) {
+        return ApiError::PayloadTooLarge(format!("a job payload may be at most {max} bytes"));
+    }
+    ApiError::Validation(errors)
+}
+
+fn folded(env: Envelope, seq: u64) -> ApiResult<Job> {
+    apply(None, &Recorded { seq, envelope: env })
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the new job does not fold: {e}")))
+}
+
+fn with_seq(mut res: Response, seq: u64) -> Response {
+    res.headers_mut().insert("x-event-seq", HeaderValue::from(seq));
+    res
+}
+
+async fn enqueue(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<EnqueueRequest>,
+) -> ApiResult<Response> {
+    let now = common::now();
+    let env = new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
+    let traceparent = common::context::current().child_traceparent();
+    let seq = state.store.append(&env, &traceparent, 0).await?;
+    let job = folded(env, seq)?;
+    let location = format!("/jobs/v1/jobs/{}", job.id);
+    let mut res = with_seq(envelope(StatusCode::CREATED, &job), seq);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+async fn enqueue_batch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> ApiResult<Response> {
+    let n = req.jobs.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::validation("jobs", format!("must hold 1 to {MAX_BATCH} jobs")));
+    }
+    let now = common::now();
+    let mut envs = Vec::with_capacity(n);
+    let mut errors = Vec::new();
+    for (i, r) in req.jobs.into_iter().enumerate() {
+        match new_job(&state, &user, r, &format!("jobs[{i}]."), now) {
+            Ok(env) => envs.push(env),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(reject(errors, state.max_payload_bytes));
+    }
+    let traceparent = common::context::current().child_traceparent();
+    let seqs = state.store.append_new_jobs(&envs, &traceparent).await?;
+    let last = *seqs.last().unwrap_or(&0);
+    let jobs = envs
+        .into_iter()
+        .zip(seqs)
+        .map(|(env, seq)| folded(env, seq))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(with_seq(envelope(StatusCode::CREATED, json!({ "jobs": jobs })), last).into_response())
+}

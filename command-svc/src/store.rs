@@ -1,0 +1,177 @@
+//! Appending events to `JOBS_EVENTS`: one event conditional on its job's last subject
+//! sequence, or a batch of new jobs committed atomically (all or none).
+
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::message::OutboundMessage;
+use async_nats::{connection::State, Client};
+use common::nats::{event_headers, REQUEST_TIMEOUT};
+use events::stream::job_subject;
+use events::Envelope;
+use jetstream_extra::batch_publish::{BatchPublishErrorKind, BatchPublishExt};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the job first: re-read and re-decide, or answer 409.
+    #[error("the job changed while the command ran")]
+    Conflict,
+    /// The event store did not answer in time or is disconnected: nothing was acknowledged.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("append failed: {0}")]
+    Other(String),
+}
+
+impl From<AppendError> for common::ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Conflict => common::ApiError::InvalidState("changed concurrently; retry".into()),
+            AppendError::Unavailable(m) => common::ApiError::Unavailable(m),
+            AppendError::Other(m) => common::ApiError::Internal(anyhow::anyhow!(m)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StoreMetrics {
+    appended: IntCounterVec,
+    conflicts: IntCounter,
+    latency: Histogram,
+}
+
+impl StoreMetrics {
+    pub fn new(m: &common::metrics::Metrics) -> Self {
+        let s = Self {
+            appended: IntCounterVec::new(
+                Opts::new("jobs_events_appended_total", "Events appended to JOBS_EVENTS, by type."),
+                &["type"],
+            )
+            .expect("valid metric"),
+            conflicts: IntCounter::new(
+                "jobs_append_conflicts_total",
+                "Appends refused because the job's last sequence moved on.",
+            )
+            .expect("valid metric"),
+            latency: Histogram::with_opts(
+                HistogramOpts::new("jobs_append_duration_seconds", "Time from publish to JetStream ack.")
+                    .buckets(vec![0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 3.0]),
+            )
+            .expect("valid metric"),
+        };
+        m.register(&s.appended);
+        m.register(&s.conflicts);
+        m.register(&s.latency);
+        s
+    }
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    metrics: StoreMetrics,
+}
+
+impl EventStore {
+    pub fn new(client: Client, js: async_nats::jetstream::Context, metrics: StoreMetrics) -> Self {
+        Self { client, js, metrics }
+    }
+
+    fn check_connected(&self) -> Result<(), AppendError> {
+        // A publish on a disconnected client would sit in its buffer and might be written
+        // after we answered 503; refuse up front instead.
+        if self.client.connection_state() != State::Connected {
+            return Err(AppendError::Unavailable("not connected to NATS".into()));
+        }
+        Ok(())
+    }
+
+    /// Appends one event, conditional on the job's last subject sequence (0 for a new job).
+    /// Returns the event's stream sequence.
+    #[tracing::instrument(skip_all, fields(event = env.type_name(), job_id = %env.job_id), err)]
+    pub async fn append(&self, env: &Envelope, traceparent: &str, expected_seq: u64) -> Result<u64, AppendError> {
+        self.check_connected()?;
+        let start = Instant::now();
+        let publish = PublishMessage::build()
+            .payload(env.to_json().into())
+            .headers(event_headers(env, traceparent, Some(expected_seq)))
+            .message_id(env.event_id.to_string());
+        let subject = job_subject(env.tenant_id, env.job_id);
+        let result = async {
+            let ack = self.js.send_publish(subject, publish).await?;
+            ack.await
+        }
+        .await;
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(ack) => {
+                self.metrics.appended.with_label_values(&[env.type_name()]).inc();
+                Ok(ack.sequence)
+            }
+            Err(e) => Err(match e.kind() {
+                PublishErrorKind::WrongLastSequence => {
+                    self.metrics.conflicts.inc();
+                    AppendError::Conflict
+                }
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+                    AppendError::Unavailable(e.to_string())
+                }
+                _ => AppendError::Other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Appends the first events of new jobs as one atomic batch: all are stored or none.
+    /// Returns the stream sequence of each, in order.
+    ///
+    /// Atomic batches refuse `Nats-Msg-Id` (ADR-50); each message instead expects its new
+    /// job's subject to be empty, so no job can be created twice.
+    #[tracing::instrument(skip_all, fields(count = envs.len()), err)]
+    pub async fn append_new_jobs(&self, envs: &[Envelope], traceparent: &str) -> Result<Vec<u64>, AppendError> {
+        self.check_connected()?;
+        let start = Instant::now();
+        let message = |env: &Envelope| {
+            OutboundMessage::new(
+                job_subject(env.tenant_id, env.job_id).into(),
+                env.to_json().into(),
+                Some(event_headers(env, traceparent, Some(0))),
+            )
+        };
+        let (last, init) = envs.split_last().ok_or_else(|| AppendError::Other("empty batch".into()))?;
+        let result = async {
+            let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+            for env in init {
+                batch.add_message(message(env)).await?;
+            }
+            batch.commit_message(message(last)).await
+        }
+        .await;
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(ack) => {
+                if ack.batch_size != envs.len() as u64 {
+                    return Err(AppendError::Other(format!(
+                        "the batch ack counts {} messages, not {}",
+                        ack.batch_size,
+                        envs.len()
+                    )));
+                }
+                self.metrics
+                    .appended
+                    .with_label_values(&["JobEnqueued"])
+                    .inc_by(envs.len() as u64);
+                let first = ack.sequence + 1 - envs.len() as u64;
+                Ok((first..=ack.sequence).collect())
+            }
+            Err(e) => Err(match e.kind() {
+                BatchPublishErrorKind::Request | BatchPublishErrorKind::Publish => {
+                    AppendError::Unavailable(e.to_string())
+                }
+                _ => AppendError::Other(e.to_string()),
+            }),
+        }
+    }
+}

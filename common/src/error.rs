@@ -1,0 +1,168 @@
+//! The response envelope and the one error type every route answers with.
+//!
+//! Every JSON response is `{data, error, meta}` (plus `page` on lists). Each `ApiError` variant
+//! names its status and code; internal errors are logged with their cause chain and answer a
+//! generic body, so no internals leak.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use events::validate::FieldError;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::context;
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 VALIDATION_FAILED; details name the fields.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// 401 UNAUTHENTICATED, with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403 FORBIDDEN
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403 TENANT_MISMATCH
+    #[error("x-tenant-id does not match the token's tenant")]
+    TenantMismatch,
+    /// 404 NOT_FOUND
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 METHOD_NOT_ALLOWED
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409 INVALID_STATE, naming the job's current status.
+    #[error("the job is {0}")]
+    InvalidState(String),
+    /// 409 LEASE_LOST
+    #[error("the lease expired, was cancelled, or belongs to another worker")]
+    LeaseLost,
+    /// 412 PRECONDITION_FAILED
+    #[error("the job has moved on: its version is {0}")]
+    PreconditionFailed(u64),
+    /// 413 PAYLOAD_TOO_LARGE
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415 UNSUPPORTED_MEDIA_TYPE
+    #[error("send the body as application/json")]
+    UnsupportedMediaType,
+    /// 503 SERVICE_UNAVAILABLE: the event store or database is unreachable; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 INTERNAL: logged with its cause chain; the body says nothing more.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn not_found() -> Self {
+        Self::NotFound("job not found".into())
+    }
+
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Validation(_) => (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Self::TenantMismatch => (StatusCode::FORBIDDEN, "TENANT_MISMATCH"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Self::InvalidState(_) => (StatusCode::CONFLICT, "INVALID_STATE"),
+            Self::LeaseLost => (StatusCode::CONFLICT, "LEASE_LOST"),
+            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            Self::Validation(fields) => Some(json!({ "fields": fields })),
+            Self::InvalidState(status) => Some(json!({ "status": status })),
+            Self::PreconditionFailed(version) => Some(json!({ "version": version })),
+            _ => None,
+        }
+    }
+}
+
+impl From<events::Rejection> for ApiError {
+    fn from(r: events::Rejection) -> Self {
+        use events::Rejection as R;
+        match r {
+            R::NotFound => Self::not_found(),
+            R::AlreadyExists => Self::InvalidState("already existing".into()),
+            R::InvalidState(s) => Self::InvalidState(s.as_str().into()),
+            R::LeaseLost => Self::LeaseLost,
+            R::Validation(f) => Self::Validation(f),
+        }
+    }
+}
+
+/// The `meta` object of the current request.
+pub fn meta() -> Value {
+    let ctx = context::current();
+    json!({
+        "request_id": ctx.request_id,
+        "trace_id": ctx.trace_id,
+        "tenant_id": ctx.tenant_id.get(),
+    })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Self::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "internal error");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": code, "message": message });
+        if let Some(d) = self.details() {
+            error["details"] = d;
+        }
+        let body = json!({ "data": null, "error": error, "meta": meta() });
+        let mut res = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+/// A page of a list: the cursor to continue from, if any.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+    pub limit: u32,
+}
+
+/// A success envelope around `data`.
+pub fn envelope(status: StatusCode, data: impl Serialize) -> Response {
+    let body = json!({ "data": data, "error": null, "meta": meta() });
+    (status, Json(body)).into_response()
+}
+
+/// A success envelope around a list, with its page.
+pub fn list_envelope(data: impl Serialize, page: Page) -> Response {
+    let body = json!({ "data": data, "error": null, "page": page, "meta": meta() });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Fallback for unknown routes: a 404 in the envelope.
+pub async fn not_found_fallback() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}

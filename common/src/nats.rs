@@ -1,0 +1,130 @@
+//! NATS set-up every service does the same way: connect (refusing a server older than 2.12),
+//! make sure the `JOBS_EVENTS` stream exists with the configuration we rely on, and build the
+//! headers an event is published with.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_nats::connection::State;
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, HeaderMap};
+use events::stream::{EVENT_TYPE_HEADER, MIN_NATS_VERSION, STREAM_NAME, STREAM_SUBJECTS};
+use events::Envelope;
+
+/// How long a JetStream request (publish ack, API call) may take before we answer 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Parses `major.minor.patch` (ignoring any suffix) and checks it against the minimum.
+pub fn check_server_version(version: &str) -> anyhow::Result<()> {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().unwrap_or(0));
+    let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if v < MIN_NATS_VERSION {
+        let (a, b, c) = MIN_NATS_VERSION;
+        bail!("the NATS server is {version}, older than {a}.{b}.{c}: run nats-server 2.12 or newer with JetStream (deploy/install-nats)");
+    }
+    Ok(())
+}
+
+/// Connects to NATS, retrying for up to `wait`, and refuses a server that is too old.
+/// Once connected the client reconnects by itself, forever.
+pub async fn connect(url: &str, name: &str, wait: Duration) -> anyhow::Result<Client> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let client = loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .max_reconnects(None)
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, url, "NATS not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to NATS at {url}")),
+        }
+    };
+    check_server_version(&client.server_info().version)?;
+    Ok(client)
+}
+
+/// A JetStream context with our request timeout.
+pub fn jetstream(client: &Client) -> jetstream::Context {
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(REQUEST_TIMEOUT);
+    js
+}
+
+/// The configuration of `JOBS_EVENTS`: file storage, every subject we write, atomic batches.
+pub fn stream_config() -> stream::Config {
+    stream::Config {
+        name: STREAM_NAME.to_string(),
+        subjects: STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(120),
+        allow_atomic_publish: true,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Creates `JOBS_EVENTS` if absent (never deleting anything), and returns it.
+pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    let wanted = stream_config();
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .context("creating the JOBS_EVENTS stream (is JetStream enabled on the server?)")?;
+    let info = stream.info().await.context("reading JOBS_EVENTS")?;
+    if !info.config.allow_atomic_publish || !info.config.allow_direct {
+        let mut cfg = info.config.clone();
+        cfg.allow_atomic_publish = true;
+        cfg.allow_direct = true;
+        js.update_stream(cfg).await.context("enabling atomic publish on JOBS_EVENTS")?;
+        stream = js.get_stream(STREAM_NAME).await.context("reading JOBS_EVENTS")?;
+    }
+    Ok(stream)
+}
+
+/// Readiness of NATS: connected, and the stream answers.
+pub async fn check_ready(client: &Client, js: &jetstream::Context) -> Result<(), String> {
+    if client.connection_state() != State::Connected {
+        return Err("nats: not connected".into());
+    }
+    match tokio::time::timeout(Duration::from_secs(2), js.get_stream(STREAM_NAME)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("nats: stream {STREAM_NAME}: {e}")),
+        Err(_) => Err("nats: timed out".into()),
+    }
+}
+
+/// Headers of an event message. `Nats-Msg-Id` is added separately: atomic batches refuse it.
+pub fn event_headers(env: &Envelope, traceparent: &str, expected_subject_seq: Option<u64>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(EVENT_TYPE_HEADER, env.type_name());
+    h.insert("traceparent", traceparent);
+    if let Some(seq) = expected_subject_seq {
+        h.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_2_12_are_refused() {
+        assert!(check_server_version("2.9.10").is_err());
+        assert!(check_server_version("2.11.9").is_err());
+        assert!(check_server_version("2.12.0").is_ok());
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("3.0.0-beta").is_ok());
+    }
+}

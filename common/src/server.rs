@@ -1,0 +1,50 @@
+//! The layers every public router gets, and serving with graceful shutdown.
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{not_found_fallback, ApiError};
+use crate::metrics::{self, Metrics};
+
+/// Adds `/healthz` and `/metrics`, the envelope's 404/405, metrics and the request context.
+/// `/readyz` is the service's own (it knows its dependencies).
+pub fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
+    let m = metrics.clone();
+    router
+        .route("/healthz", get(crate::health::healthz))
+        .route("/metrics", get(move || async move { m.render() }))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::context::request_context))
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

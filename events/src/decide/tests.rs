@@ -1,0 +1,326 @@
+//! given(events).when(command).then(events | rejection), plus the property tests.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+use crate::apply::apply;
+use crate::envelope::{Actor, Envelope, Recorded};
+use crate::validate::EnqueueRequest;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+/// Folds the events `decide` gives for each command, as the services do, asserting that
+/// `apply` accepts every one of them.
+struct Given {
+    job: Option<Job>,
+    seq: u64,
+    id: Uuid,
+}
+
+impl Given {
+    fn new() -> Self {
+        Self { job: None, seq: 0, id: Uuid::now_v7() }
+    }
+
+    fn when(&mut self, cmd: &Command, now: DateTime<Utc>) -> Result<Vec<JobEvent>, Rejection> {
+        let events = decide(self.job.as_ref(), cmd, now)?;
+        for e in &events {
+            self.seq += 1 + self.seq % 3;
+            let rec = Recorded {
+                seq: self.seq,
+                envelope: Envelope {
+                    event_id: Uuid::now_v7(),
+                    schema_version: crate::SCHEMA_VERSION,
+                    tenant_id: Uuid::nil(),
+                    job_id: self.id,
+                    at: now,
+                    actor: Actor::system("test"),
+                    event: e.clone(),
+                },
+            };
+            let next = apply(self.job.as_ref(), &rec);
+            assert!(next.is_ok(), "apply refused what decide emitted: {next:?} for {e:?}");
+            self.job = next.ok();
+        }
+        Ok(events)
+    }
+
+    fn job(&self) -> &Job {
+        self.job.as_ref().unwrap()
+    }
+}
+
+fn enqueue(max_attempts: i64) -> Command {
+    let req: EnqueueRequest = serde_json::from_value(
+        json!({"type": "email.send", "payload": {"to": "a@b.c"}, "max_attempts": max_attempts}),
+    )
+    .unwrap();
+    Command::Enqueue(req.validate(t0(), "").unwrap())
+}
+
+fn lease(worker: &str) -> Command {
+    Command::Lease { worker_id: worker.into(), lease_seconds: 30 }
+}
+
+#[test]
+fn an_enqueued_job_is_pending_at_version_one() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    assert_eq!(g.job().status, Status::Pending);
+    assert_eq!(g.job().version, 1);
+    assert_eq!(g.job().attempts, 0);
+}
+
+#[test]
+fn enqueueing_an_existing_job_is_refused() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    assert_eq!(g.when(&enqueue(3), t0()), Err(Rejection::AlreadyExists));
+}
+
+#[test]
+fn a_lease_of_another_worker_is_lost() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    g.when(&lease("w1"), t0()).unwrap();
+    let lease_id = g.job().lease.as_ref().unwrap().lease_id;
+    let complete = Command::Complete { worker_id: "w2".into(), lease_id, result: None };
+    assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
+    let complete = Command::Complete { worker_id: "w1".into(), lease_id, result: Some(json!(1)) };
+    g.when(&complete, t0()).unwrap();
+    assert_eq!(g.job().status, Status::Completed);
+    assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
+}
+
+#[test]
+fn failures_back_off_then_dead_letter_when_attempts_run_out() {
+    let mut g = Given::new();
+    g.when(&enqueue(2), t0()).unwrap();
+    let mut now = t0();
+    for attempt in 1..=2 {
+        g.when(&lease("w1"), now).unwrap();
+        let lease_id = g.job().lease.as_ref().unwrap().lease_id;
+        let fail = Command::Fail {
+            worker_id: "w1".into(),
+            lease_id,
+            error: ErrorInfo { message: "boom".into(), code: Some("E1".into()) },
+            retryable: true,
+            retry_after_seconds: None,
+        };
+        g.when(&fail, now).unwrap();
+        assert_eq!(g.job().errors.len(), attempt);
+        if attempt == 1 {
+            assert_eq!(g.job().status, Status::Scheduled);
+            let wait = g.job().run_at - now;
+            assert!(wait >= Duration::milliseconds(2500) && wait <= Duration::seconds(5), "{wait}");
+            assert_eq!(g.when(&lease("w1"), now), Err(Rejection::InvalidState(Status::Scheduled)));
+            now = g.job().run_at;
+        }
+    }
+    assert_eq!(g.job().status, Status::DeadLettered);
+    g.when(&Command::Retry, now).unwrap();
+    assert_eq!((g.job().status, g.job().attempts), (Status::Pending, 0));
+    assert_eq!(g.job().errors.len(), 2, "failed attempts stay visible after a retry");
+}
+
+#[test]
+fn an_expired_lease_counts_as_a_failed_attempt() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    g.when(&lease("w1"), t0()).unwrap();
+    let lease_id = g.job().lease.as_ref().unwrap().lease_id;
+    let expire = Command::ExpireLease { lease_id };
+    assert!(g.when(&expire, t0()).is_err(), "a lease cannot expire early");
+    g.when(&expire, t0() + Duration::seconds(31)).unwrap();
+    assert_eq!(g.job().status, Status::Scheduled);
+    assert_eq!(g.job().last_error.as_ref().unwrap().code.as_deref(), Some("LEASE_EXPIRED"));
+}
+
+#[test]
+fn cancelling_a_leased_job_waits_for_the_worker() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    g.when(&lease("w1"), t0()).unwrap();
+    let lease_id = g.job().lease.as_ref().unwrap().lease_id;
+    g.when(&Command::Cancel { reason: None }, t0()).unwrap();
+    assert!(g.job().cancel_requested);
+    assert_eq!(g.when(&Command::Cancel { reason: None }, t0()), Ok(vec![]));
+    let complete = Command::Complete { worker_id: "w1".into(), lease_id, result: None };
+    assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
+    g.when(&Command::ExpireLease { lease_id }, t0() + Duration::hours(1)).unwrap();
+    assert_eq!(g.job().status, Status::Cancelled);
+    assert_eq!(
+        g.when(&Command::Cancel { reason: None }, t0()),
+        Err(Rejection::InvalidState(Status::Cancelled))
+    );
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let worker = prop_oneof![Just("w1".to_string()), Just("w2".to_string())];
+    prop_oneof![
+        (1i64..4).prop_map(enqueue),
+        (worker.clone(), 5u32..60).prop_map(|(w, s)| Command::Lease { worker_id: w, lease_seconds: s }),
+        (worker.clone(), 0u64..40, 1u32..60).prop_map(|(w, l, s)| Command::Heartbeat {
+            worker_id: w,
+            lease_id: l,
+            progress: Some(json!(l)),
+            extend_seconds: s
+        }),
+        (worker.clone(), 0u64..40).prop_map(|(w, l)| Command::Complete { worker_id: w, lease_id: l, result: None }),
+        (worker, 0u64..40, any::<bool>(), proptest::option::of(0u32..100)).prop_map(|(w, l, r, after)| {
+            Command::Fail {
+                worker_id: w,
+                lease_id: l,
+                error: ErrorInfo { message: "x".into(), code: None },
+                retryable: r,
+                retry_after_seconds: after,
+            }
+        }),
+        (0u64..40).prop_map(|l| Command::ExpireLease { lease_id: l }),
+        Just(Command::Cancel { reason: None }),
+        (proptest::option::of(0u8..=10), proptest::option::of(1u32..5)).prop_map(|(p, m)| {
+            Command::Update(UpdateSpec { priority: p, max_attempts: m, ..Default::default() })
+        }),
+        Just(Command::Retry),
+        Just(Command::Purge),
+    ]
+}
+
+/// Commands aimed at the current lease, so that sequences reach deep states often.
+fn aim(cmd: Command, job: Option<&Job>) -> Command {
+    let current = job.and_then(|j| j.lease.as_ref()).map(|l| (l.lease_id, l.worker_id.clone()));
+    match (cmd, current) {
+        (Command::Heartbeat { progress, extend_seconds, lease_id, .. }, Some((id, w))) if lease_id % 2 == 0 => {
+            Command::Heartbeat { worker_id: w, lease_id: id, progress, extend_seconds }
+        }
+        (Command::Complete { result, lease_id, .. }, Some((id, w))) if lease_id % 2 == 0 => {
+            Command::Complete { worker_id: w, lease_id: id, result }
+        }
+        (Command::Fail { error, retryable, retry_after_seconds, lease_id, .. }, Some((id, w))) if lease_id % 4 != 0 => {
+            Command::Fail { worker_id: w, lease_id: id, error, retryable, retry_after_seconds }
+        }
+        (Command::ExpireLease { lease_id }, Some((id, _))) if lease_id % 2 == 0 => Command::ExpireLease { lease_id: id },
+        (c, _) => c,
+    }
+}
+
+proptest! {
+    #[test]
+    fn decide_never_emits_an_event_apply_rejects(
+        cmds in proptest::collection::vec((arb_command(), 0i64..7200), 1..60)
+    ) {
+        let mut g = Given::new();
+        let mut now = t0();
+        for (cmd, step) in cmds {
+            now += Duration::seconds(step);
+            let cmd = aim(cmd, g.job.as_ref());
+            let before = g.job.clone();
+            match g.when(&cmd, now) {
+                Ok(events) => {
+                    if let (Some(b), Some(a)) = (&before, &g.job) {
+                        prop_assert_eq!(a.version, b.version + events.len() as u64);
+                    }
+                }
+                Err(_) => prop_assert_eq!(&before, &g.job, "a refused command changes nothing"),
+            }
+            if let Some(j) = &g.job {
+                prop_assert!(j.attempts <= j.max_attempts.max(1) + 3);
+                prop_assert_eq!(j.lease.is_some(), j.status == Status::Leased);
+                prop_assert_eq!(j.errors.last(), j.last_error.as_ref());
+            }
+        }
+    }
+
+    #[test]
+    fn folding_any_event_sequence_never_panics(
+        cmds in proptest::collection::vec((arb_command(), 0i64..7200, 0u64..3), 1..60)
+    ) {
+        // Arbitrary events, in arbitrary order, with arbitrary sequence gaps: apply may refuse
+        // them, but it must never panic, and a refusal leaves the state as it was.
+        let mut job: Option<Job> = None;
+        let mut seq = 0;
+        let mut now = t0();
+        let id = Uuid::now_v7();
+        let template = Given::new();
+        drop(template);
+        for (cmd, step, skip) in cmds {
+            now += Duration::seconds(step);
+            seq += skip;
+            let events = match decide(None, &cmd, now) {
+                Ok(e) => e,
+                Err(_) => {
+                    let probe = Job { ..sample_job(id, now) };
+                    decide(Some(&probe), &aim(cmd, Some(&probe)), now).unwrap_or_default()
+                }
+            };
+            for e in events {
+                let rec = Recorded { seq, envelope: Envelope {
+                    event_id: Uuid::now_v7(), schema_version: 1, tenant_id: Uuid::nil(), job_id: id,
+                    at: now, actor: Actor::user("u"), event: e,
+                }};
+                if let Ok(next) = apply(job.as_ref(), &rec) { job = Some(next) }
+            }
+        }
+        prop_assert!(job.as_ref().is_none_or(|j| j.version >= 1));
+    }
+
+    #[test]
+    fn every_event_survives_its_json_form(cmds in proptest::collection::vec(arb_command(), 1..20)) {
+        let probe = sample_job(Uuid::now_v7(), t0());
+        for cmd in cmds {
+            let events = decide(Some(&probe), &cmd, t0()).or_else(|_| decide(None, &cmd, t0())).unwrap_or_default();
+            for e in events {
+                let env = Envelope {
+                    event_id: Uuid::now_v7(), schema_version: 1, tenant_id: Uuid::now_v7(),
+                    job_id: probe.id, at: t0(), actor: Actor::worker("w"), event: e,
+                };
+                let back = Envelope::from_json(&env.to_json()).unwrap();
+                prop_assert_eq!(back, env);
+            }
+        }
+    }
+}
+
+/// A leased job, a useful state to aim arbitrary commands at.
+fn sample_job(id: Uuid, now: DateTime<Utc>) -> Job {
+    let mut g = Given { job: None, seq: 0, id };
+    g.when(&enqueue(3), now).unwrap();
+    g.when(&lease("w1"), now).unwrap();
+    g.job.unwrap()
+}
+
+#[test]
+fn the_wire_form_is_the_documented_one() {
+    let env = Envelope {
+        event_id: Uuid::nil(),
+        schema_version: 1,
+        tenant_id: Uuid::nil(),
+        job_id: Uuid::nil(),
+        at: t0(),
+        actor: Actor::user("u1"),
+        event: JobEvent::Cancelled { reason: Some("no longer needed".into()) },
+    };
+    let v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "event_id": Uuid::nil(), "type": "JobCancelled", "schema_version": 1,
+            "tenant_id": Uuid::nil(), "job_id": Uuid::nil(), "at": "2026-01-01T00:00:00Z",
+            "actor": {"kind": "user", "id": "u1"}, "data": {"reason": "no longer needed"}
+        })
+    );
+}
+
+#[test]
+fn a_golden_v1_event_keeps_decoding() {
+    let golden = include_str!("../../fixtures/v1_job_enqueued.json");
+    let env = Envelope::from_json(golden.as_bytes()).unwrap();
+    assert_eq!(env.type_name(), "JobEnqueued");
+    let newer = golden.replace("\"schema_version\": 1", "\"schema_version\": 99");
+    assert!(Envelope::from_json(newer.as_bytes()).is_err());
+}

@@ -1,0 +1,124 @@
+//! A job as every reader sees it: the fold of its events (see `apply`).
+//!
+//! The JSON form of [`Job`] is the API's job object; the projector stores exactly this, so a
+//! rebuilt read model is byte-for-byte the old one.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Scheduled,
+    Pending,
+    Leased,
+    Completed,
+    DeadLettered,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Scheduled,
+        Status::Pending,
+        Status::Leased,
+        Status::Completed,
+        Status::DeadLettered,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::Pending => "pending",
+            Status::Leased => "leased",
+            Status::Completed => "completed",
+            Status::DeadLettered => "dead_lettered",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Terminal states: nothing happens to the job unless a person acts.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::DeadLettered | Status::Cancelled)
+    }
+}
+
+/// Retry backoff: `min(base * 2^(attempt-1), max)` seconds, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub base_seconds: u32,
+    pub max_seconds: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { base_seconds: 5, max_seconds: 3600 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub worker_id: String,
+    pub lease_id: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub worker_id: Option<String>,
+    pub message: String,
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub queue: String,
+    pub priority: u8,
+    pub payload: Value,
+    pub status: Status,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: DateTime<Utc>,
+    pub timeout_seconds: u32,
+    pub backoff: Backoff,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub lease: Option<Lease>,
+    pub progress: Option<Value>,
+    pub result: Option<Value>,
+    pub last_error: Option<JobError>,
+    pub errors: Vec<JobError>,
+    pub metadata: Value,
+    pub cancel_requested: bool,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Counts the job's events; the job's ETag.
+    pub version: u64,
+    /// Stream sequence of the job's last event: the expected last subject sequence of the
+    /// next append.
+    pub last_event_seq: u64,
+}
+
+impl Job {
+    /// The status a reader should see at `now`: a scheduled job whose time has come is pending.
+    pub fn status_at(&self, now: DateTime<Utc>) -> Status {
+        match self.status {
+            Status::Scheduled if self.run_at <= now => Status::Pending,
+            s => s,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Input rules for job fields, shared by every writer (HTTP, CLI, bench).
+//!
+//! A request body is parsed into [`EnqueueRequest`] (unknown fields rejected) and then checked
+//! here into an [`EnqueueSpec`]; every problem is reported with the field it concerns.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::Backoff;
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_PRIORITY: i64 = 10;
+pub const DEFAULT_PRIORITY: u8 = 5;
+pub const DEFAULT_QUEUE: &str = "default";
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const MAX_ATTEMPTS_LIMIT: i64 = 100;
+pub const DEFAULT_TIMEOUT_SECONDS: u32 = 300;
+pub const MAX_TIMEOUT_SECONDS: i64 = 86_400;
+pub const MAX_DELAY_SECONDS: i64 = 366 * 86_400;
+pub const MAX_BACKOFF_SECONDS: i64 = 7 * 86_400;
+
+/// A problem with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRequest {
+    pub base_seconds: Option<i64>,
+    pub max_seconds: Option<i64>,
+}
+
+/// The body of `POST /jobs/v1/enqueue` (and each element of a batch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub payload: Value,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub delay_seconds: Option<i64>,
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    #[serde(default)]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub backoff: Option<BackoffRequest>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// A checked enqueue: every value in range, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnqueueSpec {
+    pub job_type: String,
+    pub queue: String,
+    pub priority: u8,
+    pub payload: Value,
+    pub run_at: DateTime<Utc>,
+    pub max_attempts: u32,
+    pub timeout_seconds: u32,
+    pub backoff: Backoff,
+    pub metadata: Value,
+}
+
+/// `type` and `queue`: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if value.is_empty() || value.len() > MAX_NAME_LEN || !value.chars().all(ok_char) {
+        errors.push(FieldError::new(
+            field,
+            "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+        ));
+    }
+}
+
+fn in_range(field: &str, v: i64, lo: i64, hi: i64, errors: &mut Vec<FieldError>) -> bool {
+    if v < lo || v > hi {
+        errors.push(FieldError::new(field, format!("must be between {lo} and {hi}")));
+        return false;
+    }
+    true
+}
+
+pub fn check_priority(field: &str, v: i64, errors: &mut Vec<FieldError>) -> u8 {
+    if in_range(field, v, 0, MAX_PRIORITY, errors) {
+        v as u8
+    } else {
+        0
+    }
+}
+
+pub fn check_max_attempts(field: &str, v: i64, errors: &mut Vec<FieldError>) -> u32 {
+    if in_range(field, v, 1, MAX_ATTEMPTS_LIMIT, errors) {
+        v as u32
+    } else {
+        1
+    }
+}
+
+impl EnqueueRequest {
+    /// Checks the request; `prefix` names the element in a batch (e.g. `jobs[3].`).
+    pub fn validate(self, now: DateTime<Utc>, prefix: &str) -> Result<EnqueueSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let f = |name: &str| format!("{prefix}{name}");
+        check_name(&f("type"), &self.job_type, &mut errors);
+        let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        check_name(&f("queue"), &queue, &mut errors);
+        let priority = self
+            .priority
+            .map_or(DEFAULT_PRIORITY, |p| check_priority(&f("priority"), p, &mut errors));
+        if self.payload.is_null() {
+            errors.push(FieldError::new(f("payload"), "is required and must not be null"));
+        }
+        let max_attempts = self
+            .max_attempts
+            .map_or(DEFAULT_MAX_ATTEMPTS, |m| check_max_attempts(&f("max_attempts"), m, &mut errors));
+        let timeout_seconds = match self.timeout_seconds {
+            None => DEFAULT_TIMEOUT_SECONDS,
+            Some(t) if in_range(&f("timeout_seconds"), t, 1, MAX_TIMEOUT_SECONDS, &mut errors) => {
+                t as u32
+            }
+            Some(_) => 0,
+        };
+        let run_at = match (self.run_at, self.delay_seconds) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    f("delay_seconds"),
+                    "give either run_at or delay_seconds, not both",
+                ));
+                now
+            }
+            (Some(at), None) => at,
+            (None, Some(d)) if in_range(&f("delay_seconds"), d, 0, MAX_DELAY_SECONDS, &mut errors) => {
+                now + Duration::seconds(d)
+            }
+            _ => now,
+        };
+        let mut backoff = Backoff::default();
+        if let Some(b) = self.backoff {
+            if let Some(base) = b.base_seconds {
+                if in_range(&f("backoff.base_seconds"), base, 1, MAX_BACKOFF_SECONDS, &mut errors) {
+                    backoff.base_seconds = base as u32;
+                }
+            }
+            if let Some(max) = b.max_seconds {
+                if in_range(&f("backoff.max_seconds"), max, 1, MAX_BACKOFF_SECONDS, &mut errors) {
+                    backoff.max_seconds = max as u32;
+                }
+            }
+            if backoff.max_seconds < backoff.base_seconds {
+                errors.push(FieldError::new(
+                    f("backoff.max_seconds"),
+                    "must not be less than backoff.base_seconds",
+                ));
+            }
+        }
+        let metadata = self.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        if !metadata.is_object() {
+            errors.push(FieldError::new(f("metadata"), "must be a JSON object"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(EnqueueSpec {
+            job_type: self.job_type,
+            queue,
+            priority,
+            payload: self.payload,
+            run_at,
+            max_attempts,
+            timeout_seconds,
+            backoff,
+            metadata,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: Value) -> EnqueueRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in_what_the_request_leaves_out() {
+        let now = Utc::now();
+        let spec = req(serde_json::json!({"type": "email.send", "payload": {}}))
+            .validate(now, "")
+            .unwrap();
+        assert_eq!(spec.queue, "default");
+        assert_eq!(spec.priority, 5);
+        assert_eq!(spec.max_attempts, 3);
+        assert_eq!(spec.timeout_seconds, 300);
+        assert_eq!(spec.run_at, now);
+        assert_eq!(spec.backoff, Backoff::default());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let errs = req(serde_json::json!({
+            "type": "bad type!", "payload": null, "priority": 11, "queue": "",
+            "max_attempts": 0, "timeout_seconds": -1, "metadata": [1],
+            "run_at": "2030-01-01T00:00:00Z", "delay_seconds": 5
+        }))
+        .validate(Utc::now(), "jobs[2].")
+        .unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "jobs[2].type",
+            "jobs[2].queue",
+            "jobs[2].priority",
+            "jobs[2].payload",
+            "jobs[2].max_attempts",
+            "jobs[2].timeout_seconds",
+            "jobs[2].delay_seconds",
+            "jobs[2].metadata",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<EnqueueRequest, _> =
+            serde_json::from_value(serde_json::json!({"type": "a", "payload": {}, "colour": 1}));
+        assert!(r.is_err());
+    }
+}

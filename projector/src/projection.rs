@@ -1,0 +1,232 @@
+//! Applying a batch of stream messages to the read model, in one transaction with the
+//! checkpoint. Messages at or below the checkpoint are skipped, so redelivery is harmless.
+//! An event `apply` refuses (or one filed under another tenant's subject) is logged and
+//! counted, never allowed to stop the projection.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Context;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use events::stream::parse_job_subject;
+use events::{apply, Envelope, Job, JobEvent, Recorded};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The channel query-svc listens on; the payload is the new checkpoint.
+pub const NOTIFY_CHANNEL: &str = "jobs_projection";
+
+/// One message as delivered by the stream.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// What a batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub applied: usize,
+    pub refused: usize,
+    pub checkpoint: u64,
+}
+
+pub async fn read_checkpoint(pool: &PgPool) -> anyhow::Result<u64> {
+    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .context("reading the projector checkpoint")?;
+    Ok(seq as u64)
+}
+
+fn decode(m: &Incoming) -> Option<Recorded> {
+    // Subjects other than jobs (tenants, workers) are not part of this read model yet.
+    let (tenant, job) = parse_job_subject(&m.subject)?;
+    match Envelope::from_json(&m.payload) {
+        Ok(env) if env.tenant_id == tenant && env.job_id == job => Some(Recorded { seq: m.seq, envelope: env }),
+        Ok(_) => {
+            tracing::error!(seq = m.seq, subject = %m.subject, "event body names another tenant or job than its subject; skipped");
+            None
+        }
+        Err(e) => {
+            tracing::error!(seq = m.seq, subject = %m.subject, error = %e, "undecodable event; skipped");
+            None
+        }
+    }
+}
+
+#[derive(Default)]
+struct Rows {
+    id: Vec<Uuid>,
+    tenant_id: Vec<Uuid>,
+    job_type: Vec<String>,
+    queue: Vec<String>,
+    priority: Vec<i16>,
+    status: Vec<String>,
+    run_at: Vec<DateTime<Utc>>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    dead_lettered_at: Vec<Option<DateTime<Utc>>>,
+    last_error_code: Vec<Option<String>>,
+    version: Vec<i64>,
+    last_event_seq: Vec<i64>,
+    doc: Vec<Value>,
+}
+
+impl Rows {
+    fn push(&mut self, j: &Job) {
+        self.id.push(j.id);
+        self.tenant_id.push(j.tenant_id);
+        self.job_type.push(j.job_type.clone());
+        self.queue.push(j.queue.clone());
+        self.priority.push(j.priority as i16);
+        self.status.push(j.status.as_str().to_string());
+        self.run_at.push(j.run_at);
+        self.created_at.push(j.created_at);
+        self.updated_at.push(j.updated_at);
+        self.dead_lettered_at.push(j.dead_lettered_at);
+        self.last_error_code.push(j.last_error.as_ref().and_then(|e| e.code.clone()));
+        self.version.push(j.version as i64);
+        self.last_event_seq.push(j.last_event_seq as i64);
+        self.doc.push(serde_json::to_value(j).expect("a job always serializes"));
+    }
+}
+
+/// Applies `batch` (in stream order) and advances the checkpoint, all in one transaction.
+#[tracing::instrument(skip_all, fields(size = batch.len()), err)]
+pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Outcome> {
+    let mut tx = pool.begin().await?;
+    let checkpoint: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await?;
+    let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > checkpoint).collect();
+    let Some(last) = fresh.iter().map(|m| m.seq).max() else {
+        return Ok(Outcome { checkpoint: checkpoint as u64, ..Default::default() });
+    };
+    let recs: Vec<Recorded> = fresh.iter().filter_map(|m| decode(m)).collect();
+
+    let ids: Vec<Uuid> = recs.iter().map(|r| r.envelope.job_id).collect::<HashSet<_>>().into_iter().collect();
+    let docs: Vec<Value> = sqlx::query_scalar("SELECT doc FROM jobs WHERE id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut state: HashMap<Uuid, Job> = HashMap::new();
+    for d in docs {
+        let j: Job = serde_json::from_value(d).context("a stored job does not decode")?;
+        state.insert(j.id, j);
+    }
+
+    let mut out = Outcome::default();
+    let mut changed: HashSet<Uuid> = HashSet::new();
+    let mut purged: HashSet<Uuid> = HashSet::new();
+    let mut history: Vec<&Recorded> = Vec::new();
+    for rec in &recs {
+        let id = rec.envelope.job_id;
+        match apply(state.get(&id), rec) {
+            Ok(job) => {
+                out.applied += 1;
+                if matches!(rec.envelope.event, JobEvent::Purged {}) {
+                    purged.insert(id);
+                    state.remove(&id);
+                    changed.remove(&id);
+                } else {
+                    state.insert(id, job);
+                    changed.insert(id);
+                }
+                history.push(rec);
+            }
+            Err(e) => {
+                out.refused += 1;
+                tracing::error!(seq = rec.seq, job_id = %id, error = %e, "event refused by apply; skipped");
+            }
+        }
+    }
+
+    let mut rows = Rows::default();
+    for id in &changed {
+        rows.push(&state[id]);
+    }
+    if !rows.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO jobs (id, tenant_id, type, queue, priority, status, run_at, created_at, updated_at,
+                               dead_lettered_at, last_error_code, version, last_event_seq, doc)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[],
+                                  $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                                  $11::text[], $12::int8[], $13::int8[], $14::jsonb[])
+             ON CONFLICT (id) DO UPDATE SET
+                type = EXCLUDED.type, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+                status = EXCLUDED.status, run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at,
+                dead_lettered_at = EXCLUDED.dead_lettered_at, last_error_code = EXCLUDED.last_error_code,
+                version = EXCLUDED.version, last_event_seq = EXCLUDED.last_event_seq, doc = EXCLUDED.doc",
+        )
+        .bind(&rows.id)
+        .bind(&rows.tenant_id)
+        .bind(&rows.job_type)
+        .bind(&rows.queue)
+        .bind(&rows.priority)
+        .bind(&rows.status)
+        .bind(&rows.run_at)
+        .bind(&rows.created_at)
+        .bind(&rows.updated_at)
+        .bind(&rows.dead_lettered_at)
+        .bind(&rows.last_error_code)
+        .bind(&rows.version)
+        .bind(&rows.last_event_seq)
+        .bind(&rows.doc)
+        .execute(&mut *tx)
+        .await
+        .context("upserting jobs")?;
+    }
+
+    let history: Vec<&Recorded> = history.into_iter().filter(|r| !purged.contains(&r.envelope.job_id)).collect();
+    if !history.is_empty() {
+        let seq: Vec<i64> = history.iter().map(|r| r.seq as i64).collect();
+        let tenant: Vec<Uuid> = history.iter().map(|r| r.envelope.tenant_id).collect();
+        let job: Vec<Uuid> = history.iter().map(|r| r.envelope.job_id).collect();
+        let event_id: Vec<Uuid> = history.iter().map(|r| r.envelope.event_id).collect();
+        let kind: Vec<String> = history.iter().map(|r| r.envelope.type_name().to_string()).collect();
+        let at: Vec<DateTime<Utc>> = history.iter().map(|r| r.envelope.at).collect();
+        let actor: Vec<Value> = history
+            .iter()
+            .map(|r| serde_json::to_value(&r.envelope.actor).expect("serializes"))
+            .collect();
+        let data: Vec<Value> = history.iter().map(|r| r.envelope.event.data()).collect();
+        sqlx::query(
+            "INSERT INTO job_events (seq, tenant_id, job_id, event_id, type, at, actor, data)
+             SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                  $6::timestamptz[], $7::jsonb[], $8::jsonb[])
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(&seq)
+        .bind(&tenant)
+        .bind(&job)
+        .bind(&event_id)
+        .bind(&kind)
+        .bind(&at)
+        .bind(&actor)
+        .bind(&data)
+        .execute(&mut *tx)
+        .await
+        .context("inserting job events")?;
+    }
+    if !purged.is_empty() {
+        let purged: Vec<Uuid> = purged.into_iter().collect();
+        sqlx::query("DELETE FROM jobs WHERE id = ANY($1)").bind(&purged).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)").bind(&purged).execute(&mut *tx).await?;
+    }
+
+    sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")
+        .bind(last as i64)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(last.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await.context("committing the batch")?;
+    out.checkpoint = last;
+    Ok(out)
+}

@@ -1,0 +1,135 @@
+//! Wiring: Postgres (migrated at start), NATS, the HTTP listener and the projection loop.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use common::metrics::Metrics;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::consumer::{watch_lag, Projector, ProjectorMetrics};
+
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+/// Connects to Postgres, retrying for up to `wait`.
+pub async fn connect_db(url: &str, max: u32, wait: Duration) -> anyhow::Result<PgPool> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(p) => return Ok(p),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "Postgres not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e).context("JOBS_DATABASE_URL: connecting to Postgres"),
+        }
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    projector: Projector,
+    lag: (async_nats::jetstream::Context, Arc<AtomicU64>, ProjectorMetrics),
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
+        let pool = connect_db(&config.database_url, 4, wait).await?;
+        crate::MIGRATOR.run(&pool).await.context("migrating the read model")?;
+        let client = common::nats::connect(&config.nats.nats_url, "projector", wait)
+            .await
+            .context("JOBS_NATS_URL")?;
+        let js = common::nats::jetstream(&client);
+        common::nats::ensure_stream(&js).await?;
+        let metrics = Metrics::new();
+        let pm = ProjectorMetrics::new(&metrics);
+        let checkpoint = Arc::new(AtomicU64::new(0));
+        let projector = Projector {
+            pool: pool.clone(),
+            js: js.clone(),
+            batch_size: config.batch_size.max(1),
+            metrics: pm.clone(),
+            checkpoint: checkpoint.clone(),
+        };
+        let state = AppState { pool, client, js: js.clone() };
+        let router = Router::new().route("/readyz", get(readyz)).with_state(state);
+        let router = common::server::finish(router, metrics);
+        let listener = TcpListener::bind(config.projector_addr)
+            .await
+            .with_context(|| format!("JOBS_PROJECTOR_ADDR: binding {}", config.projector_addr))?;
+        Ok(Self { listener, router, projector, lag: (js, checkpoint, pm) })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stop = CancellationToken::new();
+        let (js, checkpoint, pm) = self.lag;
+        let lag = tokio::spawn(watch_lag(js, checkpoint, pm, stop.clone()));
+        let projection = tokio::spawn(self.projector.run(stop.clone()));
+        tracing::info!(port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0), "projector listening");
+        let stop_http = stop.clone();
+        let served = common::server::serve(self.listener, self.router, async move {
+            shutdown.await;
+            stop_http.cancel();
+        })
+        .await;
+        stop.cancel();
+        let _ = projection.await;
+        let _ = lag.await;
+        served
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = common::nats::check_ready(&s.client, &s.js).await {
+        problems.push(e);
+    }
+    if let Err(e) = check_db(&s.pool).await {
+        problems.push(e);
+    }
+    common::health::readiness(problems)
+}
+
+/// Readiness of Postgres: reachable, and the schema is at the latest migration.
+pub async fn check_db(pool: &PgPool) -> Result<(), String> {
+    let latest = crate::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Result<Option<i64>, _> = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool),
+    )
+    .await
+    .map_err(|_| "postgres: timed out".to_string())?;
+    match applied {
+        Ok(Some(v)) if v >= latest => Ok(()),
+        Ok(_) => Err("postgres: the read model is not migrated yet".into()),
+        Err(e) => Err(format!("postgres: {e}")),
+    }
+}
