@@ -57,3 +57,27 @@ where
         parse(&bytes).map(ApiJson)
     }
 }
+
+/// `ApiQuery<T>`: the query string as `T`; a bad value or an unknown parameter is a 400 that
+/// names it.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let field = e.path().to_string();
+            ApiError::Validation(vec![FieldError::new(
+                if field == "." { "query".to_string() } else { field },
+                e.into_inner().to_string(),
+            )])
+        })
+    }
+}

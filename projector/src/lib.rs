@@ -13,5 +13,3 @@ pub mod startup;
 pub use config::Config;
 pub use startup::Application;
 
-/// The migrations of the read model; query-svc checks them for readiness.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -14,8 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// The channel query-svc listens on; the payload is the new checkpoint.
-pub const NOTIFY_CHANNEL: &str = "jobs_projection";
+pub use common::db::{read_checkpoint, NOTIFY_CHANNEL};
 
 /// One message as delivered by the stream.
 #[derive(Debug, Clone)]
@@ -31,14 +30,6 @@ pub struct Outcome {
     pub applied: usize,
     pub refused: usize,
     pub checkpoint: u64,
-}
-
-pub async fn read_checkpoint(pool: &PgPool) -> anyhow::Result<u64> {
-    let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1")
-        .fetch_one(pool)
-        .await
-        .context("reading the projector checkpoint")?;
-    Ok(seq as u64)
 }
 
 fn decode(m: &Incoming) -> Option<Recorded> {

@@ -10,7 +10,6 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use common::metrics::Metrics;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,26 +24,6 @@ struct AppState {
     js: async_nats::jetstream::Context,
 }
 
-/// Connects to Postgres, retrying for up to `wait`.
-pub async fn connect_db(url: &str, max: u32, wait: Duration) -> anyhow::Result<PgPool> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(url)
-            .await;
-        match attempt {
-            Ok(p) => return Ok(p),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "Postgres not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e).context("JOBS_DATABASE_URL: connecting to Postgres"),
-        }
-    }
-}
-
 pub struct Application {
     listener: TcpListener,
     router: Router,
@@ -55,8 +34,8 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
-        let pool = connect_db(&config.database_url, 4, wait).await?;
-        crate::MIGRATOR.run(&pool).await.context("migrating the read model")?;
+        let pool = common::db::connect(&config.database_url, 4, wait).await?;
+        common::db::MIGRATOR.run(&pool).await.context("migrating the read model")?;
         let client = common::nats::connect(&config.nats.nats_url, "projector", wait)
             .await
             .context("JOBS_NATS_URL")?;
@@ -112,24 +91,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if let Err(e) = common::nats::check_ready(&s.client, &s.js).await {
         problems.push(e);
     }
-    if let Err(e) = check_db(&s.pool).await {
+    if let Err(e) = common::db::check_ready(&s.pool).await {
         problems.push(e);
     }
     common::health::readiness(problems)
-}
-
-/// Readiness of Postgres: reachable, and the schema is at the latest migration.
-pub async fn check_db(pool: &PgPool) -> Result<(), String> {
-    let latest = crate::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Result<Option<i64>, _> = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool),
-    )
-    .await
-    .map_err(|_| "postgres: timed out".to_string())?;
-    match applied {
-        Ok(Some(v)) if v >= latest => Ok(()),
-        Ok(_) => Err("postgres: the read model is not migrated yet".into()),
-        Err(e) => Err(format!("postgres: {e}")),
-    }
 }

@@ -1,1 +1,19 @@
-fn main() {}
+use clap::Parser;
+use query_svc::{Application, Config};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    common::telemetry::init(config.log.log_format);
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("query-svc: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = app.run_until_stopped(common::server::shutdown_signal()).await {
+        eprintln!("query-svc: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,270 @@
+//! `GET /jobs/v1/jobs`, `GET /jobs/v1/jobs/{id}`, `GET /jobs/v1/jobs/{id}/events`.
+//!
+//! Every query is scoped to the caller's tenant: another tenant's job answers 404 exactly like
+//! a job that does not exist. Lists use keyset pagination on (created_at, id) — stable while
+//! jobs are being added — with signed cursors bound to the filters.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use common::auth::AuthUser;
+use common::error::{envelope, list_envelope, Page};
+use common::json::ApiQuery;
+use common::{ApiError, ApiResult};
+use events::validate::{check_name, check_priority};
+use events::Status;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::freshness::{stamp, wait_for};
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs/v1/jobs", get(list))
+        .route("/jobs/v1/jobs/{id}", get(get_one))
+        .route("/jobs/v1/jobs/{id}/events", get(job_events))
+}
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+pub const DEFAULT_EVENTS_LIMIT: i64 = 100;
+pub const MAX_EVENTS_LIMIT: i64 = 1000;
+
+/// A database failure: unreachable → 503, anything else → 500.
+pub fn db_error(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ApiError::Unavailable("the read model's database is unreachable".into())
+        }
+        other => ApiError::Internal(anyhow::Error::new(other).context("querying the read model")),
+    }
+}
+
+/// The job as the API shows it: the stored fold, with a scheduled job whose time has come
+/// shown as pending.
+fn render(mut doc: Value, status: &str, run_at: DateTime<Utc>, now: DateTime<Utc>) -> Value {
+    if status == Status::Scheduled.as_str() && run_at <= now {
+        doc["status"] = json!(Status::Pending.as_str());
+    }
+    doc
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found())
+}
+
+fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+    match limit {
+        None => Ok(default),
+        Some(l) if (1..=max).contains(&l) => Ok(l),
+        Some(_) => Err(ApiError::validation("limit", format!("must be between 1 and {max}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    job_type: Option<String>,
+    queue: Option<String>,
+    priority: Option<i64>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    order: Option<String>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Response> {
+    let mut errors = Vec::new();
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(v) => match Status::parse(v) {
+            Some(st) => Some(st),
+            None => {
+                errors.push(events::validate::FieldError::new(
+                    "status",
+                    "must be one of scheduled, pending, leased, completed, dead_lettered, cancelled",
+                ));
+                None
+            }
+        },
+    };
+    if let Some(t) = &q.job_type {
+        check_name("type", t, &mut errors);
+    }
+    if let Some(t) = &q.queue {
+        check_name("queue", t, &mut errors);
+    }
+    let priority = q.priority.map(|p| check_priority("priority", p, &mut errors));
+    let desc = match q.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(_) => {
+            errors.push(events::validate::FieldError::new("order", "must be asc or desc"));
+            true
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let limit = check_limit(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let scope = format!(
+        "jobs|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{desc}",
+        status, q.job_type, q.queue, priority, q.created_after, q.created_before
+    );
+    let after: Option<(DateTime<Utc>, Uuid)> = q.cursor.as_deref().map(|c| s.cursor.decode(c, &scope)).transpose()?;
+
+    let seq = wait_for(&s.projection, &headers).await?;
+    let now = Utc::now();
+    let mut qb: QueryBuilder<Postgres> =
+        QueryBuilder::new("SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ");
+    qb.push_bind(user.tenant_id());
+    match status {
+        Some(Status::Pending) => {
+            qb.push(" AND (status = 'pending' OR (status = 'scheduled' AND run_at <= ");
+            qb.push_bind(now).push("))");
+        }
+        Some(Status::Scheduled) => {
+            qb.push(" AND status = 'scheduled' AND run_at > ").push_bind(now);
+        }
+        Some(other) => {
+            qb.push(" AND status = ").push_bind(other.as_str());
+        }
+        None => {}
+    }
+    if let Some(t) = &q.job_type {
+        qb.push(" AND type = ").push_bind(t.clone());
+    }
+    if let Some(t) = &q.queue {
+        qb.push(" AND queue = ").push_bind(t.clone());
+    }
+    if let Some(p) = priority {
+        qb.push(" AND priority = ").push_bind(p as i16);
+    }
+    if let Some(t) = q.created_after {
+        qb.push(" AND created_at > ").push_bind(t);
+    }
+    if let Some(t) = q.created_before {
+        qb.push(" AND created_at < ").push_bind(t);
+    }
+    if let Some((c, i)) = after {
+        qb.push(if desc { " AND (created_at, id) < (" } else { " AND (created_at, id) > (" });
+        qb.push_bind(c).push(", ").push_bind(i).push(")");
+    }
+    qb.push(if desc { " ORDER BY created_at DESC, id DESC" } else { " ORDER BY created_at ASC, id ASC" });
+    qb.push(" LIMIT ").push_bind(limit + 1);
+    let rows = qb.build().fetch_all(&s.pool).await.map_err(db_error)?;
+
+    let has_more = rows.len() as i64 > limit;
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut last: Option<(DateTime<Utc>, Uuid)> = None;
+    for row in rows.into_iter().take(limit as usize) {
+        let doc: Value = row.get("doc");
+        let status: String = row.get("status");
+        let run_at: DateTime<Utc> = row.get("run_at");
+        last = Some((row.get("created_at"), row.get("id")));
+        items.push(render(doc, &status, run_at, now));
+    }
+    let next_cursor = if has_more { last.map(|p| s.cursor.encode(&p, &scope)) } else { None };
+    let page = Page { next_cursor, has_more, limit: limit as u32 };
+    Ok(stamp(list_envelope(items, page), seq))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let seq = wait_for(&s.projection, &headers).await?;
+    let row = sqlx::query("SELECT doc, status, run_at, version FROM jobs WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(user.tenant_id())
+        .fetch_optional(&s.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(ApiError::not_found)?;
+    let version: i64 = row.get("version");
+    let job = render(row.get("doc"), row.get::<String, _>("status").as_str(), row.get("run_at"), Utc::now());
+    let mut res = stamp(envelope(axum::http::StatusCode::OK, job), seq);
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn job_events(
+    State(s): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let limit = check_limit(q.limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)?;
+    let scope = format!("events|{id}");
+    let after: i64 = q.cursor.as_deref().map(|c| s.cursor.decode(c, &scope)).transpose()?.unwrap_or(0);
+    let seq = wait_for(&s.projection, &headers).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(user.tenant_id())
+        .fetch_optional(&s.pool)
+        .await
+        .map_err(db_error)?;
+    if exists.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let rows = sqlx::query(
+        "SELECT seq, type, at, actor, data FROM job_events
+         WHERE tenant_id = $1 AND job_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+    )
+    .bind(user.tenant_id())
+    .bind(id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db_error)?;
+    let has_more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "seq": r.get::<i64, _>("seq"),
+                "type": r.get::<String, _>("type"),
+                "at": r.get::<DateTime<Utc>, _>("at"),
+                "actor": r.get::<Value, _>("actor"),
+                "data": r.get::<Value, _>("data"),
+            })
+        })
+        .collect();
+    let next_cursor = if has_more {
+        items.last().and_then(|v| v["seq"].as_i64()).map(|last| s.cursor.encode(&last, &scope))
+    } else {
+        None
+    };
+    let page = Page { next_cursor, has_more, limit: limit as u32 };
+    Ok(stamp(list_envelope(items, page), seq))
+}

@@ -1,0 +1,16 @@
+//! The public routes of query-svc; `router` merges them behind the route-to-roles table.
+
+mod health;
+mod jobs;
+
+use axum::Router;
+
+use crate::startup::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new().merge(jobs::router()).route_layer(axum::middleware::from_fn_with_state(
+        state.verifier.clone(),
+        common::auth::authorize,
+    ));
+    Router::new().merge(protected).merge(health::router()).with_state(state)
+}
