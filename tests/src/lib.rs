@@ -1,1 +1,261 @@
+//! The test harness: real processes, nothing mocked.
+//!
+//! Each test gets its own `nats-server` (free port, temp store dir, killed on drop), its own
+//! Postgres database (created from `JOBS_TEST_DATABASE_URL`, dropped after), fresh signing
+//! keys, and the three services — in-process on port 0 ([`TestApp::spawn`]) or as the built
+//! binaries ([`Bin`]) where a test must kill one. [`Gateway`] runs the real nginx config.
 
+pub mod keys;
+pub mod procs;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::config::{AuthArgs, LogArgs, NatsArgs};
+use common::telemetry::LogFormat;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use keys::Keys;
+pub use procs::{Bin, Gateway, NatsServer, TestDb};
+
+/// Polls `f` until it returns `Some`, failing after `timeout`. For eventual consistency only.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn auth_args(keys: &Keys) -> AuthArgs {
+    AuthArgs {
+        jwt_public_key: Some(keys.rsa_public.clone()),
+        jwks_file: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+    }
+}
+
+fn nats_args(url: &str) -> NatsArgs {
+    NatsArgs { nats_url: url.to_string(), nats_connect_wait_seconds: 10 }
+}
+
+fn log_args() -> LogArgs {
+    LogArgs { log_format: LogFormat::Pretty }
+}
+
+pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
+    command_svc::Config {
+        command_addr: local(0),
+        max_payload_bytes: 256 * 1024,
+        max_batch_body_bytes: 16 * 1024 * 1024,
+        nats: nats_args(nats_url),
+        auth: auth_args(keys),
+        log: log_args(),
+    }
+}
+
+pub fn query_config(nats_url: &str, db_url: &str, keys: &Keys) -> query_svc::Config {
+    query_svc::Config {
+        query_addr: local(0),
+        database_url: db_url.to_string(),
+        cursor_secret: None,
+        db_pool: 8,
+        nats: nats_args(nats_url),
+        auth: auth_args(keys),
+        log: log_args(),
+    }
+}
+
+pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
+    projector::Config {
+        projector_addr: local(0),
+        database_url: db_url.to_string(),
+        batch_size: 500,
+        nats: nats_args(nats_url),
+        log: log_args(),
+    }
+}
+
+/// A service running in this process; stopped (gracefully) on drop or by `stop`.
+pub struct Running {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+macro_rules! run_app {
+    ($app:expr) => {{
+        let app = $app;
+        let port = app.port();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Running { port, stop: Some(tx), task: Some(task) }
+    }};
+}
+
+pub async fn start_command(nats_url: &str, keys: &Keys) -> anyhow::Result<Running> {
+    Ok(run_app!(command_svc::Application::build(command_config(nats_url, keys)).await?))
+}
+
+pub async fn start_query(nats_url: &str, db_url: &str, keys: &Keys) -> anyhow::Result<Running> {
+    Ok(run_app!(query_svc::Application::build(query_config(nats_url, db_url, keys)).await?))
+}
+
+pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Running> {
+    Ok(run_app!(projector::Application::build(projector_config(nats_url, db_url)).await?))
+}
+
+/// The whole stack for one test.
+pub struct TestApp {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub keys: Keys,
+    pub command: Running,
+    pub query: Running,
+    pub projector: Option<Running>,
+    pub http: reqwest::Client,
+    /// A tenant with a member token, for tests that need just one.
+    pub tenant: Uuid,
+    pub token: String,
+}
+
+impl TestApp {
+    /// NATS, a database, keys, and the three services in-process.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(true).await
+    }
+
+    /// As `spawn`, but without the projector when `projector` is false (a test runs its own).
+    pub async fn spawn_with(projector: bool) -> Self {
+        let nats = NatsServer::start().await.expect("nats-server starts");
+        let db = TestDb::create().await.expect("test database");
+        let keys = Keys::get();
+        let projector = if projector {
+            Some(start_projector(&nats.url(), &db.url).await.expect("projector starts"))
+        } else {
+            None
+        };
+        let command = start_command(&nats.url(), &keys).await.expect("command-svc starts");
+        if !projector.is_some() {
+            // query-svc checks the schema is there; create it as the projector would.
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("db");
+            common::db::MIGRATOR.run(&pool).await.expect("migrate");
+        }
+        let query = start_query(&nats.url(), &db.url, &keys).await.expect("query-svc starts");
+        let tenant = Uuid::new_v4();
+        let token = keys.token(tenant, &["member"]);
+        Self {
+            nats,
+            db,
+            keys: keys.clone(),
+            command,
+            query,
+            projector,
+            http: reqwest::Client::new(),
+            tenant,
+            token,
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        let base = if method == Method::GET || method == Method::HEAD { self.query.url() } else { self.command.url() };
+        self.http.request(method, format!("{base}{path}")).bearer_auth(token)
+    }
+
+    /// Enqueues `body` as `token`'s tenant; returns the response.
+    pub async fn enqueue_as(&self, token: &str, body: &Value) -> Response {
+        self.request(Method::POST, "/jobs/v1/enqueue", token).json(body).send().await.expect("enqueue sent")
+    }
+
+    /// Enqueues and asserts 201; returns (job, x-event-seq).
+    pub async fn enqueue(&self, body: &Value) -> (Value, u64) {
+        let res = self.enqueue_as(&self.token, body).await;
+        assert_eq!(res.status(), 201, "enqueue failed: {:?}", res.text().await);
+        let seq = event_seq(&res);
+        let body: Value = res.json().await.expect("json");
+        (body["data"].clone(), seq)
+    }
+
+    /// GET `path` as the default tenant, waiting for the read model to reach `min_seq`.
+    pub async fn get(&self, path: &str, min_seq: u64) -> (u16, Value) {
+        let res = self
+            .request(Method::GET, path, &self.token)
+            .header("x-min-event-seq", min_seq.to_string())
+            .send()
+            .await
+            .expect("get sent");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.db.url).await.expect("connect to the test db")
+    }
+}
+
+/// The `x-event-seq` header of a command response.
+pub fn event_seq(res: &Response) -> u64 {
+    res.headers()
+        .get("x-event-seq")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("x-event-seq header")
+}
+
+/// A sample job body of the seed's kind.
+pub fn email_job(n: usize) -> Value {
+    serde_json::json!({"type": "email.send", "payload": {"to": format!("user{n}@example.com"), "template": "welcome"}, "priority": 5})
+}
+
+/// Reads the project's workspace root (for deploy/ templates).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// Reads a JSON response body, with context on failure.
+pub async fn json(res: Response) -> anyhow::Result<Value> {
+    let text = res.text().await?;
+    serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+}

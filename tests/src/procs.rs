@@ -1,0 +1,265 @@
+//! Real processes for tests: nats-server, a per-test Postgres database, the built service
+//! binaries, and the nginx gateway. Each is stopped (and its files removed) on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+/// A free TCP port on loopback (released just before use).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("JOBS_TEST_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join(".venv/bin/nats-server"))
+}
+
+/// A nats-server 2.12+ with JetStream, on its own port and store directory.
+pub struct NatsServer {
+    pub port: u16,
+    pub store: TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut s = Self {
+            port: free_port(),
+            store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
+            child: None,
+        };
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = nats_server_bin();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (run deploy/install-nats)", bin.display()))?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(c) = async_nats::connect(self.url()).await {
+                if async_nats::jetstream::new(c).query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("nats-server on port {} did not become ready", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9: the server dies without a chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            signal(c, "STOP");
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            signal(c, "CONT");
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// A database of its own on the test Postgres, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+fn replace_db(url: &str, name: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => format!("{url}/{name}"),
+    }
+}
+
+impl TestDb {
+    pub async fn create() -> anyhow::Result<Self> {
+        let admin_url = std::env::var("JOBS_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+        let name = format!("jobs_test_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(&admin_url).await.context("JOBS_TEST_DATABASE_URL")?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await?;
+        pool.close().await;
+        Ok(Self { url: replace_db(&admin_url, &name), name, admin_url })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let pool = sqlx::PgPool::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await?;
+                Ok::<_, anyhow::Error>(())
+            })
+        })
+        .join();
+    }
+}
+
+/// The directory of the built binaries (next to this test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().expect("deps").parent().expect("profile dir").to_path_buf();
+    dir
+}
+
+pub fn bin_path(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// One of the built service binaries, running as a child process.
+pub struct Bin {
+    child: Option<Child>,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Bin {
+    /// Starts `name` with exactly `envs` (plus PATH), logging to a temp file.
+    pub fn spawn(name: &str, envs: &[(&str, String)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("jobs-bin-").tempdir()?;
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin_path(name))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Self { child: Some(child), log, _dir: dir })
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The nginx gateway from `deploy/nginx.conf.template`, in the foreground.
+pub struct Gateway {
+    pub port: u16,
+    child: Option<Child>,
+    _prefix: TempDir,
+}
+
+impl Gateway {
+    pub async fn start(command_port: u16, query_port: u16) -> anyhow::Result<Self> {
+        let prefix = tempfile::Builder::new().prefix("jobs-nginx-").tempdir()?;
+        let port = free_port();
+        let template = std::fs::read_to_string(crate::workspace_root().join("deploy/nginx.conf.template"))?;
+        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let conf = template
+            .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace("@COMMAND_UPSTREAM@", &format!("127.0.0.1:{command_port}"))
+            .replace("@QUERY_UPSTREAM@", &format!("127.0.0.1:{query_port}"))
+            .replace("@PREFIX@", prefix.path().to_str().expect("utf-8"))
+            .replace("@USER_DIRECTIVE@", if is_root { "user root;" } else { "" });
+        let conf_path = prefix.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let nginx = std::env::var_os("JOBS_TEST_NGINX").map(PathBuf::from).unwrap_or_else(|| "/usr/sbin/nginx".into());
+        let child = Command::new(&nginx)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.path().join("error.log"))
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", nginx.display()))?;
+        let gw = Self { port, child: Some(child), _prefix: prefix };
+        let url = format!("http://127.0.0.1:{port}/gateway/healthz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+            if tokio::time::Instant::now() > deadline {
+                bail!("nginx did not come up: {}", read(&gw._prefix.path().join("error.log")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(gw)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
