@@ -12,7 +12,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = app.run_until_stopped(common::server::shutdown_signal()).await {
+    if let Err(e) = app
+        .run_until_stopped(common::server::shutdown_signal())
+        .await
+    {
         eprintln!("command-svc: {e:#}");
         std::process::exit(1);
     }

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::message::OutboundMessage;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::{connection::State, Client};
 use common::nats::{event_headers, REQUEST_TIMEOUT};
 use events::stream::job_subject;
@@ -28,7 +28,9 @@ pub enum AppendError {
 impl From<AppendError> for common::ApiError {
     fn from(e: AppendError) -> Self {
         match e {
-            AppendError::Conflict => common::ApiError::InvalidState("changed concurrently; retry".into()),
+            AppendError::Conflict => {
+                common::ApiError::InvalidState("changed concurrently; retry".into())
+            }
             AppendError::Unavailable(m) => common::ApiError::Unavailable(m),
             AppendError::Other(m) => common::ApiError::Internal(anyhow::anyhow!(m)),
         }
@@ -46,7 +48,10 @@ impl StoreMetrics {
     pub fn new(m: &common::metrics::Metrics) -> Self {
         let s = Self {
             appended: IntCounterVec::new(
-                Opts::new("jobs_events_appended_total", "Events appended to JOBS_EVENTS, by type."),
+                Opts::new(
+                    "jobs_events_appended_total",
+                    "Events appended to JOBS_EVENTS, by type.",
+                ),
                 &["type"],
             )
             .expect("valid metric"),
@@ -56,8 +61,13 @@ impl StoreMetrics {
             )
             .expect("valid metric"),
             latency: Histogram::with_opts(
-                HistogramOpts::new("jobs_append_duration_seconds", "Time from publish to JetStream ack.")
-                    .buckets(vec![0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 3.0]),
+                HistogramOpts::new(
+                    "jobs_append_duration_seconds",
+                    "Time from publish to JetStream ack.",
+                )
+                .buckets(vec![
+                    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 3.0,
+                ]),
             )
             .expect("valid metric"),
         };
@@ -77,7 +87,11 @@ pub struct EventStore {
 
 impl EventStore {
     pub fn new(client: Client, js: async_nats::jetstream::Context, metrics: StoreMetrics) -> Self {
-        Self { client, js, metrics }
+        Self {
+            client,
+            js,
+            metrics,
+        }
     }
 
     fn check_connected(&self) -> Result<(), AppendError> {
@@ -92,7 +106,12 @@ impl EventStore {
     /// Appends one event, conditional on the job's last subject sequence (0 for a new job).
     /// Returns the event's stream sequence.
     #[tracing::instrument(skip_all, fields(event = env.type_name(), job_id = %env.job_id), err)]
-    pub async fn append(&self, env: &Envelope, traceparent: &str, expected_seq: u64) -> Result<u64, AppendError> {
+    pub async fn append(
+        &self,
+        env: &Envelope,
+        traceparent: &str,
+        expected_seq: u64,
+    ) -> Result<u64, AppendError> {
         self.check_connected()?;
         let start = Instant::now();
         let publish = PublishMessage::build()
@@ -108,7 +127,10 @@ impl EventStore {
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
         match result {
             Ok(ack) => {
-                self.metrics.appended.with_label_values(&[env.type_name()]).inc();
+                self.metrics
+                    .appended
+                    .with_label_values(&[env.type_name()])
+                    .inc();
                 Ok(ack.sequence)
             }
             Err(e) => Err(match e.kind() {
@@ -116,9 +138,9 @@ impl EventStore {
                     self.metrics.conflicts.inc();
                     AppendError::Conflict
                 }
-                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
-                    AppendError::Unavailable(e.to_string())
-                }
+                PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::MaxAckPending => AppendError::Unavailable(e.to_string()),
                 _ => AppendError::Other(e.to_string()),
             }),
         }
@@ -130,7 +152,11 @@ impl EventStore {
     /// Atomic batches refuse `Nats-Msg-Id` (ADR-50); each message instead expects its new
     /// job's subject to be empty, so no job can be created twice.
     #[tracing::instrument(skip_all, fields(count = envs.len()), err)]
-    pub async fn append_new_jobs(&self, envs: &[Envelope], traceparent: &str) -> Result<Vec<u64>, AppendError> {
+    pub async fn append_new_jobs(
+        &self,
+        envs: &[Envelope],
+        traceparent: &str,
+    ) -> Result<Vec<u64>, AppendError> {
         self.check_connected()?;
         let start = Instant::now();
         let message = |env: &Envelope| {
@@ -140,7 +166,9 @@ impl EventStore {
                 Some(event_headers(env, traceparent, Some(0))),
             )
         };
-        let (last, init) = envs.split_last().ok_or_else(|| AppendError::Other("empty batch".into()))?;
+        let (last, init) = envs
+            .split_last()
+            .ok_or_else(|| AppendError::Other("empty batch".into()))?;
         let result = async {
             let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
             for env in init {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::jwk::JwkSet;
@@ -128,7 +128,11 @@ const CACHE_CAPACITY: usize = 10_000;
 
 impl JwtVerifier {
     /// From a PEM public key (RSA → RS256, EC P-256 → ES256).
-    pub fn from_pem_file(path: &Path, issuer: Option<String>, audience: Option<String>) -> anyhow::Result<Self> {
+    pub fn from_pem_file(
+        path: &Path,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> anyhow::Result<Self> {
         let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let (alg, key) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
             (Algorithm::RS256, k)
@@ -137,24 +141,42 @@ impl JwtVerifier {
         } else {
             bail!("{} is not a PEM RSA or EC public key", path.display());
         };
-        Ok(Self::new(vec![VerifyKey { kid: None, alg, key }], issuer, audience))
+        Ok(Self::new(
+            vec![VerifyKey {
+                kid: None,
+                alg,
+                key,
+            }],
+            issuer,
+            audience,
+        ))
     }
 
     /// From a JWKS document (RSA and EC P-256 keys; others are skipped).
-    pub fn from_jwks(json: &[u8], issuer: Option<String>, audience: Option<String>) -> anyhow::Result<Self> {
+    pub fn from_jwks(
+        json: &[u8],
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> anyhow::Result<Self> {
         let set: JwkSet = serde_json::from_slice(json).context("parsing the JWKS")?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
             use jsonwebtoken::jwk::AlgorithmParameters as P;
             let alg = match &jwk.algorithm {
                 P::RSA(_) => Algorithm::RS256,
-                P::EllipticCurve(ec) if matches!(ec.curve, jsonwebtoken::jwk::EllipticCurve::P256) => {
+                P::EllipticCurve(ec)
+                    if matches!(ec.curve, jsonwebtoken::jwk::EllipticCurve::P256) =>
+                {
                     Algorithm::ES256
                 }
                 _ => continue,
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|e| anyhow!("bad JWK: {e}"))?;
-            keys.push(VerifyKey { kid: jwk.common.key_id.clone(), alg, key });
+            keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
         }
         if keys.is_empty() {
             bail!("the JWKS holds no RSA or P-256 key");
@@ -163,7 +185,12 @@ impl JwtVerifier {
     }
 
     fn new(keys: Vec<VerifyKey>, issuer: Option<String>, audience: Option<String>) -> Self {
-        Self { keys, issuer, audience, cache: Mutex::new(HashMap::new()) }
+        Self {
+            keys,
+            issuer,
+            audience,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Verifies a token and returns its claims.
@@ -174,7 +201,8 @@ impl JwtVerifier {
                 return Ok(c.clone());
             }
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let key = self
             .keys
             .iter()
@@ -185,15 +213,21 @@ impl JwtVerifier {
         v.algorithms = vec![key.alg];
         v.leeway = 30;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(|e| format!("invalid token: {e}"))?;
+        v.set_required_spec_claims(&required);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v)
+            .map_err(|e| format!("invalid token: {e}"))?;
         let claims = Arc::new(data.claims);
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_CAPACITY {
@@ -209,7 +243,11 @@ impl JwtVerifier {
 
 /// Middleware for protected routes: authenticate, check `x-tenant-id`, look up the route's
 /// group and require one of its roles.
-pub async fn authorize(State(verifier): State<Arc<JwtVerifier>>, mut req: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(verifier): State<Arc<JwtVerifier>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     match check(&verifier, &req) {
         Ok(user) => {
             let _ = context::current().tenant_id.set(user.tenant_id());
@@ -225,7 +263,10 @@ fn check(verifier: &JwtVerifier, req: &Request) -> Result<AuthUser, ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or_else(|| ApiError::Unauthenticated("send Authorization: Bearer <token>".into()))?;
     let claims = verifier.verify(token).map_err(ApiError::Unauthenticated)?;
@@ -240,9 +281,17 @@ fn check(verifier: &JwtVerifier, req: &Request) -> Result<AuthUser, ApiError> {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let group = route_group(&path).ok_or_else(|| ApiError::Forbidden("this route grants no role".into()))?;
-    if !claims.roles.iter().any(|r| group.roles().contains(&r.as_str())) {
-        return Err(ApiError::Forbidden(format!("this route needs one of the roles {:?}", group.roles())));
+    let group = route_group(&path)
+        .ok_or_else(|| ApiError::Forbidden("this route grants no role".into()))?;
+    if !claims
+        .roles
+        .iter()
+        .any(|r| group.roles().contains(&r.as_str()))
+    {
+        return Err(ApiError::Forbidden(format!(
+            "this route needs one of the roles {:?}",
+            group.roles()
+        )));
     }
     Ok(AuthUser { claims })
 }
@@ -253,11 +302,26 @@ mod tests {
 
     #[test]
     fn every_public_route_family_is_in_the_table() {
-        assert_eq!(route_group("/jobs/v1/enqueue/batch"), Some(RouteGroup::Jobs));
-        assert_eq!(route_group("/jobs/v1/jobs/{id}/events"), Some(RouteGroup::Jobs));
-        assert_eq!(route_group("/jobs/v1/dlq/retry"), Some(RouteGroup::DeadLetterQueue));
-        assert_eq!(route_group("/jobs/v1/quota"), Some(RouteGroup::MetricsAndQuota));
-        assert_eq!(route_group("/jobs/v1/admin/workers"), Some(RouteGroup::Admin));
+        assert_eq!(
+            route_group("/jobs/v1/enqueue/batch"),
+            Some(RouteGroup::Jobs)
+        );
+        assert_eq!(
+            route_group("/jobs/v1/jobs/{id}/events"),
+            Some(RouteGroup::Jobs)
+        );
+        assert_eq!(
+            route_group("/jobs/v1/dlq/retry"),
+            Some(RouteGroup::DeadLetterQueue)
+        );
+        assert_eq!(
+            route_group("/jobs/v1/quota"),
+            Some(RouteGroup::MetricsAndQuota)
+        );
+        assert_eq!(
+            route_group("/jobs/v1/admin/workers"),
+            Some(RouteGroup::Admin)
+        );
         assert_eq!(route_group("/jobs/v1/unknown"), None);
         assert_eq!(RouteGroup::Admin.roles(), ["admin"]);
         assert!(!RouteGroup::Jobs.roles().contains(&"user"));

@@ -37,7 +37,11 @@ impl RequestContext {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent)
             .unwrap_or_else(new_trace_id);
-        Self { request_id, trace_id, tenant_id: OnceLock::new() }
+        Self {
+            request_id,
+            trace_id,
+            tenant_id: OnceLock::new(),
+        }
     }
 
     /// A `traceparent` for work this request causes (e.g. an event it appends).
@@ -52,7 +56,12 @@ impl RequestContext {
 pub fn parse_traceparent(v: &str) -> Option<String> {
     let parts: Vec<&str> = v.trim().split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if parts.len() >= 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2) {
+    if parts.len() >= 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+    {
         let id = parts[1].to_ascii_lowercase();
         if id.bytes().any(|b| b != b'0') {
             return Some(id);
@@ -103,8 +112,14 @@ mod tests {
     #[test]
     fn a_well_formed_traceparent_gives_its_trace_id() {
         let tp = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
-        assert_eq!(parse_traceparent(tp).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert_eq!(parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(
+            parse_traceparent(tp).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
         assert_eq!(parse_traceparent("garbage"), None);
     }
 }

@@ -38,7 +38,8 @@ pub async fn check_ready(pool: &PgPool) -> Result<(), String> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Result<Option<i64>, _> = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool),
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool),
     )
     .await
     .map_err(|_| "postgres: timed out".to_string())?;

@@ -13,10 +13,19 @@ use crate::error::ApiError;
 pub struct ApiJson<T>(pub T);
 
 fn is_json(req: &Request) -> bool {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -25,7 +34,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
+        let field = if path == "." || path == "?" {
+            "body".to_string()
+        } else {
+            path
+        };
         let inner = e.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
             format!("malformed JSON: {inner}")
@@ -49,7 +62,9 @@ where
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("the request body is larger than this route accepts".into())
+                ApiError::PayloadTooLarge(
+                    "the request body is larger than this route accepts".into(),
+                )
             } else {
                 ApiError::validation("body", e.body_text())
             }
@@ -69,15 +84,24 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
-        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
-            let field = e.path().to_string();
-            ApiError::Validation(vec![FieldError::new(
-                if field == "." { "query".to_string() } else { field },
-                e.into_inner().to_string(),
-            )])
-        })
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ApiError::Validation(vec![FieldError::new(
+                    if field == "." {
+                        "query".to_string()
+                    } else {
+                        field
+                    },
+                    e.into_inner().to_string(),
+                )])
+            })
     }
 }

@@ -8,7 +8,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -20,24 +22,42 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("jobs_http_requests_total", "HTTP requests answered, by route and status."),
+            Opts::new(
+                "jobs_http_requests_total",
+                "HTTP requests answered, by route and status.",
+            ),
             &["method", "route", "status"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("jobs_http_request_duration_seconds", "HTTP request latency.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "jobs_http_request_duration_seconds",
+                "HTTP request latency.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["method", "route"],
         )
         .expect("valid metric");
-        registry.register(Box::new(http_requests.clone())).expect("register once");
-        registry.register(Box::new(http_duration.clone())).expect("register once");
-        Arc::new(Self { registry, http_requests, http_duration })
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("register once");
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("register once");
+        Arc::new(Self {
+            registry,
+            http_requests,
+            http_duration,
+        })
     }
 
     /// Registers a service-specific collector.
     pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: &C) {
-        self.registry.register(Box::new(c.clone())).expect("metric registered once");
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
     }
 
     pub fn render(&self) -> Response {
@@ -45,7 +65,14 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding never fails");
-        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], buf).into_response()
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            buf,
+        )
+            .into_response()
     }
 }
 

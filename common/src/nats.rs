@@ -20,7 +20,11 @@ pub fn check_server_version(version: &str) -> anyhow::Result<()> {
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u64>().unwrap_or(0));
-    let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let v = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
     if v < MIN_NATS_VERSION {
         let (a, b, c) = MIN_NATS_VERSION;
         bail!("the NATS server is {version}, older than {a}.{b}.{c}: run nats-server 2.12 or newer with JetStream (deploy/install-nats)");
@@ -86,8 +90,13 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<stream::St
         let mut cfg = info.config.clone();
         cfg.allow_atomic_publish = true;
         cfg.allow_direct = true;
-        js.update_stream(cfg).await.context("enabling atomic publish on JOBS_EVENTS")?;
-        stream = js.get_stream(STREAM_NAME).await.context("reading JOBS_EVENTS")?;
+        js.update_stream(cfg)
+            .await
+            .context("enabling atomic publish on JOBS_EVENTS")?;
+        stream = js
+            .get_stream(STREAM_NAME)
+            .await
+            .context("reading JOBS_EVENTS")?;
     }
     Ok(stream)
 }
@@ -105,12 +114,19 @@ pub async fn check_ready(client: &Client, js: &jetstream::Context) -> Result<(),
 }
 
 /// Headers of an event message. `Nats-Msg-Id` is added separately: atomic batches refuse it.
-pub fn event_headers(env: &Envelope, traceparent: &str, expected_subject_seq: Option<u64>) -> HeaderMap {
+pub fn event_headers(
+    env: &Envelope,
+    traceparent: &str,
+    expected_subject_seq: Option<u64>,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(EVENT_TYPE_HEADER, env.type_name());
     h.insert("traceparent", traceparent);
     if let Some(seq) = expected_subject_seq {
-        h.insert("Nats-Expected-Last-Subject-Sequence", seq.to_string().as_str());
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            seq.to_string().as_str(),
+        );
     }
     h
 }

@@ -48,7 +48,11 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             queue: queue.clone(),
             priority: *priority,
             payload: payload.clone(),
-            status: if *run_at <= at { Status::Pending } else { Status::Scheduled },
+            status: if *run_at <= at {
+                Status::Pending
+            } else {
+                Status::Scheduled
+            },
             attempts: 0,
             max_attempts: *max_attempts,
             run_at: *run_at,
@@ -70,14 +74,21 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
         });
     };
     if rec.seq <= current.last_event_seq {
-        return Err(reject(ev, job, "its sequence is not after the job's last event"));
+        return Err(reject(
+            ev,
+            job,
+            "its sequence is not after the job's last event",
+        ));
     }
     let mut j = current.clone();
     let lease_matches = |lease_id: u64| j.lease.as_ref().is_some_and(|l| l.lease_id == lease_id);
     let worker = j.lease.as_ref().map(|l| l.worker_id.clone());
     match ev {
         JobEvent::Enqueued { .. } => return Err(reject(ev, job, "the job already exists")),
-        JobEvent::Leased { worker_id, expires_at } => {
+        JobEvent::Leased {
+            worker_id,
+            expires_at,
+        } => {
             if j.status_at(at) != Status::Pending || j.cancel_requested {
                 return Err(reject(ev, job, "only a ready job can be leased"));
             }
@@ -90,7 +101,11 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 expires_at: *expires_at,
             });
         }
-        JobEvent::Heartbeat { lease_id, expires_at, progress } => {
+        JobEvent::Heartbeat {
+            lease_id,
+            expires_at,
+            progress,
+        } => {
             if j.status != Status::Leased || !lease_matches(*lease_id) {
                 return Err(reject(ev, job, "the lease is not the job's current lease"));
             }
@@ -110,24 +125,39 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             j.lease = None;
             j.completed_at = Some(at);
         }
-        JobEvent::Failed { lease_id, error, next_run_at } => {
+        JobEvent::Failed {
+            lease_id,
+            error,
+            next_run_at,
+        } => {
             if j.status != Status::Leased || !lease_matches(*lease_id) {
                 return Err(reject(ev, job, "the lease is not the job's current lease"));
             }
             if j.attempts >= j.max_attempts {
-                return Err(reject(ev, job, "no attempts are left: the job must dead-letter"));
+                return Err(reject(
+                    ev,
+                    job,
+                    "no attempts are left: the job must dead-letter",
+                ));
             }
             record_error(&mut j, at, worker, &error.message, error.code.as_deref());
             j.status = Status::Scheduled;
             j.run_at = *next_run_at;
             j.lease = None;
         }
-        JobEvent::LeaseExpired { lease_id, next_run_at } => {
+        JobEvent::LeaseExpired {
+            lease_id,
+            next_run_at,
+        } => {
             if j.status != Status::Leased || !lease_matches(*lease_id) {
                 return Err(reject(ev, job, "the lease is not the job's current lease"));
             }
             if j.attempts >= j.max_attempts {
-                return Err(reject(ev, job, "no attempts are left: the job must dead-letter"));
+                return Err(reject(
+                    ev,
+                    job,
+                    "no attempts are left: the job must dead-letter",
+                ));
             }
             record_error(&mut j, at, worker, "lease expired", Some("LEASE_EXPIRED"));
             j.status = Status::Scheduled;
@@ -140,7 +170,11 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 None => matches!(j.status, Status::Scheduled | Status::Pending),
             };
             if !ok {
-                return Err(reject(ev, job, "only a leased or waiting job can dead-letter"));
+                return Err(reject(
+                    ev,
+                    job,
+                    "only a leased or waiting job can dead-letter",
+                ));
             }
             record_error(&mut j, at, worker, &error.message, error.code.as_deref());
             j.status = Status::DeadLettered;
@@ -149,18 +183,31 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
         }
         JobEvent::CancelRequested { .. } => {
             if j.status != Status::Leased || j.cancel_requested {
-                return Err(reject(ev, job, "only a leased job can have a cancel requested"));
+                return Err(reject(
+                    ev,
+                    job,
+                    "only a leased job can have a cancel requested",
+                ));
             }
             j.cancel_requested = true;
         }
         JobEvent::Cancelled { .. } => {
-            if !matches!(j.status, Status::Scheduled | Status::Pending | Status::Leased) {
+            if !matches!(
+                j.status,
+                Status::Scheduled | Status::Pending | Status::Leased
+            ) {
                 return Err(reject(ev, job, "a finished job cannot be cancelled"));
             }
             j.status = Status::Cancelled;
             j.lease = None;
         }
-        JobEvent::Updated { priority, run_at, payload, max_attempts, queue } => {
+        JobEvent::Updated {
+            priority,
+            run_at,
+            payload,
+            max_attempts,
+            queue,
+        } => {
             if !matches!(j.status, Status::Scheduled | Status::Pending) {
                 return Err(reject(ev, job, "only a waiting job can be updated"));
             }
@@ -179,7 +226,11 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             if let Some(q) = queue {
                 j.queue = q.clone();
             }
-            j.status = if j.run_at <= at { Status::Pending } else { Status::Scheduled };
+            j.status = if j.run_at <= at {
+                Status::Pending
+            } else {
+                Status::Scheduled
+            };
         }
         JobEvent::Requeued { .. } => {
             if !matches!(

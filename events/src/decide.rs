@@ -23,9 +23,21 @@ pub struct UpdateSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Enqueue(EnqueueSpec),
-    Lease { worker_id: String, lease_seconds: u32 },
-    Heartbeat { worker_id: String, lease_id: u64, progress: Option<Value>, extend_seconds: u32 },
-    Complete { worker_id: String, lease_id: u64, result: Option<Value> },
+    Lease {
+        worker_id: String,
+        lease_seconds: u32,
+    },
+    Heartbeat {
+        worker_id: String,
+        lease_id: u64,
+        progress: Option<Value>,
+        extend_seconds: u32,
+    },
+    Complete {
+        worker_id: String,
+        lease_id: u64,
+        result: Option<Value>,
+    },
     Fail {
         worker_id: String,
         lease_id: u64,
@@ -33,8 +45,12 @@ pub enum Command {
         retryable: bool,
         retry_after_seconds: Option<u32>,
     },
-    ExpireLease { lease_id: u64 },
-    Cancel { reason: Option<String> },
+    ExpireLease {
+        lease_id: u64,
+    },
+    Cancel {
+        reason: Option<String>,
+    },
     Update(UpdateSpec),
     Retry,
     Purge,
@@ -76,7 +92,11 @@ pub fn backoff_delay(backoff: Backoff, job: &Job, attempt: u32) -> Duration {
 
 fn current_lease(job: &Job, worker_id: &str, lease_id: u64) -> Result<(), Rejection> {
     match &job.lease {
-        Some(l) if job.status == Status::Leased && l.lease_id == lease_id && l.worker_id == worker_id => {
+        Some(l)
+            if job.status == Status::Leased
+                && l.lease_id == lease_id
+                && l.worker_id == worker_id =>
+        {
             Ok(())
         }
         _ => Err(Rejection::LeaseLost),
@@ -85,7 +105,11 @@ fn current_lease(job: &Job, worker_id: &str, lease_id: u64) -> Result<(), Reject
 
 /// Decides what `command` does to `job` (None when the job has no events) at `now`.
 /// An empty list means the command is already satisfied and nothing needs appending.
-pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Result<Vec<JobEvent>, Rejection> {
+pub fn decide(
+    job: Option<&Job>,
+    command: &Command,
+    now: DateTime<Utc>,
+) -> Result<Vec<JobEvent>, Rejection> {
     let job = match (job, command) {
         (None, Command::Enqueue(spec)) => {
             return Ok(vec![JobEvent::Enqueued {
@@ -107,7 +131,10 @@ pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Resul
     let status = job.status_at(now);
     let event = match command {
         Command::Enqueue(_) => unreachable!("handled above"),
-        Command::Lease { worker_id, lease_seconds } => {
+        Command::Lease {
+            worker_id,
+            lease_seconds,
+        } => {
             if status != Status::Pending || job.cancel_requested {
                 return Err(Rejection::InvalidState(status));
             }
@@ -116,7 +143,12 @@ pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Resul
                 expires_at: now + Duration::seconds(*lease_seconds as i64),
             }
         }
-        Command::Heartbeat { worker_id, lease_id, progress, extend_seconds } => {
+        Command::Heartbeat {
+            worker_id,
+            lease_id,
+            progress,
+            extend_seconds,
+        } => {
             current_lease(job, worker_id, *lease_id)?;
             JobEvent::Heartbeat {
                 lease_id: *lease_id,
@@ -124,37 +156,65 @@ pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Resul
                 progress: progress.clone(),
             }
         }
-        Command::Complete { worker_id, lease_id, result } => {
+        Command::Complete {
+            worker_id,
+            lease_id,
+            result,
+        } => {
             current_lease(job, worker_id, *lease_id)?;
             if job.cancel_requested {
                 return Err(Rejection::LeaseLost);
             }
-            JobEvent::Completed { lease_id: *lease_id, result: result.clone() }
+            JobEvent::Completed {
+                lease_id: *lease_id,
+                result: result.clone(),
+            }
         }
-        Command::Fail { worker_id, lease_id, error, retryable, retry_after_seconds } => {
+        Command::Fail {
+            worker_id,
+            lease_id,
+            error,
+            retryable,
+            retry_after_seconds,
+        } => {
             current_lease(job, worker_id, *lease_id)?;
             if job.cancel_requested {
-                JobEvent::Cancelled { reason: Some("cancel requested; the worker stopped".into()) }
+                JobEvent::Cancelled {
+                    reason: Some("cancel requested; the worker stopped".into()),
+                }
             } else if !retryable || job.attempts >= job.max_attempts {
-                JobEvent::DeadLettered { lease_id: Some(*lease_id), error: error.clone() }
+                JobEvent::DeadLettered {
+                    lease_id: Some(*lease_id),
+                    error: error.clone(),
+                }
             } else {
                 let delay = retry_after_seconds
                     .map(|s| Duration::seconds(s as i64))
                     .unwrap_or_else(|| backoff_delay(job.backoff, job, job.attempts));
-                JobEvent::Failed { lease_id: *lease_id, error: error.clone(), next_run_at: now + delay }
+                JobEvent::Failed {
+                    lease_id: *lease_id,
+                    error: error.clone(),
+                    next_run_at: now + delay,
+                }
             }
         }
         Command::ExpireLease { lease_id } => {
-            let lease = job.lease.as_ref().filter(|l| job.status == Status::Leased && l.lease_id == *lease_id);
+            let lease = job
+                .lease
+                .as_ref()
+                .filter(|l| job.status == Status::Leased && l.lease_id == *lease_id);
             match lease {
                 None => return Err(Rejection::LeaseLost),
                 Some(l) if l.expires_at > now => return Err(Rejection::InvalidState(status)),
-                Some(_) if job.cancel_requested => {
-                    JobEvent::Cancelled { reason: Some("cancel requested; the lease ended".into()) }
-                }
+                Some(_) if job.cancel_requested => JobEvent::Cancelled {
+                    reason: Some("cancel requested; the lease ended".into()),
+                },
                 Some(_) if job.attempts >= job.max_attempts => JobEvent::DeadLettered {
                     lease_id: Some(*lease_id),
-                    error: ErrorInfo { message: "lease expired".into(), code: Some("LEASE_EXPIRED".into()) },
+                    error: ErrorInfo {
+                        message: "lease expired".into(),
+                        code: Some("LEASE_EXPIRED".into()),
+                    },
                 },
                 Some(_) => JobEvent::LeaseExpired {
                     lease_id: *lease_id,
@@ -163,9 +223,13 @@ pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Resul
             }
         }
         Command::Cancel { reason } => match status {
-            Status::Scheduled | Status::Pending => JobEvent::Cancelled { reason: reason.clone() },
+            Status::Scheduled | Status::Pending => JobEvent::Cancelled {
+                reason: reason.clone(),
+            },
             Status::Leased if job.cancel_requested => return Ok(vec![]),
-            Status::Leased => JobEvent::CancelRequested { reason: reason.clone() },
+            Status::Leased => JobEvent::CancelRequested {
+                reason: reason.clone(),
+            },
             s => return Err(Rejection::InvalidState(s)),
         },
         Command::Update(spec) => {
@@ -187,9 +251,9 @@ pub fn decide(job: Option<&Job>, command: &Command, now: DateTime<Utc>) -> Resul
             }
         }
         Command::Retry => match status {
-            Status::DeadLettered | Status::Cancelled | Status::Completed => {
-                JobEvent::Requeued { reason: Some("retry".into()) }
-            }
+            Status::DeadLettered | Status::Cancelled | Status::Completed => JobEvent::Requeued {
+                reason: Some("retry".into()),
+            },
             s => return Err(Rejection::InvalidState(s)),
         },
         Command::Purge => {

@@ -30,13 +30,22 @@ pub enum ActorKind {
 
 impl Actor {
     pub fn user(id: impl Into<String>) -> Self {
-        Self { kind: ActorKind::User, id: id.into() }
+        Self {
+            kind: ActorKind::User,
+            id: id.into(),
+        }
     }
     pub fn worker(id: impl Into<String>) -> Self {
-        Self { kind: ActorKind::Worker, id: id.into() }
+        Self {
+            kind: ActorKind::Worker,
+            id: id.into(),
+        }
     }
     pub fn system(id: impl Into<String>) -> Self {
-        Self { kind: ActorKind::System, id: id.into() }
+        Self {
+            kind: ActorKind::System,
+            id: id.into(),
+        }
     }
 }
 

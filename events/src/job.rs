@@ -46,7 +46,10 @@ impl Status {
 
     /// Terminal states: nothing happens to the job unless a person acts.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::DeadLettered | Status::Cancelled)
+        matches!(
+            self,
+            Status::Completed | Status::DeadLettered | Status::Cancelled
+        )
     }
 }
 
@@ -59,7 +62,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { base_seconds: 5, max_seconds: 3600 }
+        Self {
+            base_seconds: 5,
+            max_seconds: 3600,
+        }
     }
 }
 

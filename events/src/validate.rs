@@ -29,7 +29,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -92,7 +95,10 @@ pub fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
 
 fn in_range(field: &str, v: i64, lo: i64, hi: i64, errors: &mut Vec<FieldError>) -> bool {
     if v < lo || v > hi {
-        errors.push(FieldError::new(field, format!("must be between {lo} and {hi}")));
+        errors.push(FieldError::new(
+            field,
+            format!("must be between {lo} and {hi}"),
+        ));
         return false;
     }
     true
@@ -116,24 +122,39 @@ pub fn check_max_attempts(field: &str, v: i64, errors: &mut Vec<FieldError>) -> 
 
 impl EnqueueRequest {
     /// Checks the request; `prefix` names the element in a batch (e.g. `jobs[3].`).
-    pub fn validate(self, now: DateTime<Utc>, prefix: &str) -> Result<EnqueueSpec, Vec<FieldError>> {
+    pub fn validate(
+        self,
+        now: DateTime<Utc>,
+        prefix: &str,
+    ) -> Result<EnqueueSpec, Vec<FieldError>> {
         let mut errors = Vec::new();
         let f = |name: &str| format!("{prefix}{name}");
         check_name(&f("type"), &self.job_type, &mut errors);
         let queue = self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
         check_name(&f("queue"), &queue, &mut errors);
-        let priority = self
-            .priority
-            .map_or(DEFAULT_PRIORITY, |p| check_priority(&f("priority"), p, &mut errors));
+        let priority = self.priority.map_or(DEFAULT_PRIORITY, |p| {
+            check_priority(&f("priority"), p, &mut errors)
+        });
         if self.payload.is_null() {
-            errors.push(FieldError::new(f("payload"), "is required and must not be null"));
+            errors.push(FieldError::new(
+                f("payload"),
+                "is required and must not be null",
+            ));
         }
-        let max_attempts = self
-            .max_attempts
-            .map_or(DEFAULT_MAX_ATTEMPTS, |m| check_max_attempts(&f("max_attempts"), m, &mut errors));
+        let max_attempts = self.max_attempts.map_or(DEFAULT_MAX_ATTEMPTS, |m| {
+            check_max_attempts(&f("max_attempts"), m, &mut errors)
+        });
         let timeout_seconds = match self.timeout_seconds {
             None => DEFAULT_TIMEOUT_SECONDS,
-            Some(t) if in_range(&f("timeout_seconds"), t, 1, MAX_TIMEOUT_SECONDS, &mut errors) => {
+            Some(t)
+                if in_range(
+                    &f("timeout_seconds"),
+                    t,
+                    1,
+                    MAX_TIMEOUT_SECONDS,
+                    &mut errors,
+                ) =>
+            {
                 t as u32
             }
             Some(_) => 0,
@@ -147,7 +168,9 @@ impl EnqueueRequest {
                 now
             }
             (Some(at), None) => at,
-            (None, Some(d)) if in_range(&f("delay_seconds"), d, 0, MAX_DELAY_SECONDS, &mut errors) => {
+            (None, Some(d))
+                if in_range(&f("delay_seconds"), d, 0, MAX_DELAY_SECONDS, &mut errors) =>
+            {
                 now + Duration::seconds(d)
             }
             _ => now,
@@ -155,12 +178,24 @@ impl EnqueueRequest {
         let mut backoff = Backoff::default();
         if let Some(b) = self.backoff {
             if let Some(base) = b.base_seconds {
-                if in_range(&f("backoff.base_seconds"), base, 1, MAX_BACKOFF_SECONDS, &mut errors) {
+                if in_range(
+                    &f("backoff.base_seconds"),
+                    base,
+                    1,
+                    MAX_BACKOFF_SECONDS,
+                    &mut errors,
+                ) {
                     backoff.base_seconds = base as u32;
                 }
             }
             if let Some(max) = b.max_seconds {
-                if in_range(&f("backoff.max_seconds"), max, 1, MAX_BACKOFF_SECONDS, &mut errors) {
+                if in_range(
+                    &f("backoff.max_seconds"),
+                    max,
+                    1,
+                    MAX_BACKOFF_SECONDS,
+                    &mut errors,
+                ) {
                     backoff.max_seconds = max as u32;
                 }
             }
@@ -171,7 +206,9 @@ impl EnqueueRequest {
                 ));
             }
         }
-        let metadata = self.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+        let metadata = self
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default()));
         if !metadata.is_object() {
             errors.push(FieldError::new(f("metadata"), "must be a JSON object"));
         }

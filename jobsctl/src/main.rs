@@ -33,7 +33,11 @@ struct TokenArgs {
     #[arg(long, value_delimiter = ',', default_value = "member")]
     roles: Vec<String>,
     /// PEM private key to sign with.
-    #[arg(long, env = "JOBS_JWT_PRIVATE_KEY", default_value = "deploy/.dev/jwt-private.pem")]
+    #[arg(
+        long,
+        env = "JOBS_JWT_PRIVATE_KEY",
+        default_value = "deploy/.dev/jwt-private.pem"
+    )]
     key: PathBuf,
     /// Subject (`sub`); a new UUID when absent.
     #[arg(long)]
@@ -56,7 +60,8 @@ struct TokenArgs {
 }
 
 fn token(a: TokenArgs) -> anyhow::Result<String> {
-    let pem = std::fs::read(&a.key).with_context(|| format!("reading the signing key {}", a.key.display()))?;
+    let pem = std::fs::read(&a.key)
+        .with_context(|| format!("reading the signing key {}", a.key.display()))?;
     let (alg, key) = if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
         (Algorithm::RS256, k)
     } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {

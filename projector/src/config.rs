@@ -12,7 +12,11 @@ pub struct Config {
     #[arg(long, env = "JOBS_PROJECTOR_ADDR", default_value = "127.0.0.1:8082")]
     pub projector_addr: SocketAddr,
     /// Postgres URL of the read model.
-    #[arg(long, env = "JOBS_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/jobs")]
+    #[arg(
+        long,
+        env = "JOBS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/jobs"
+    )]
     pub database_url: String,
     /// Most events applied in one transaction.
     #[arg(long, env = "JOBS_PROJECTOR_BATCH", default_value_t = 500)]

@@ -31,11 +31,18 @@ pub struct ProjectorMetrics {
 impl ProjectorMetrics {
     pub fn new(m: &common::metrics::Metrics) -> Self {
         let s = Self {
-            checkpoint: IntGauge::new("jobs_projector_checkpoint", "Last stream sequence applied to Postgres.")
+            checkpoint: IntGauge::new(
+                "jobs_projector_checkpoint",
+                "Last stream sequence applied to Postgres.",
+            )
+            .expect("valid"),
+            lag: IntGauge::new(
+                "jobs_projector_lag_events",
+                "Stream last sequence minus the checkpoint.",
+            )
+            .expect("valid"),
+            applied: IntCounter::new("jobs_projector_events_applied_total", "Events applied.")
                 .expect("valid"),
-            lag: IntGauge::new("jobs_projector_lag_events", "Stream last sequence minus the checkpoint.")
-                .expect("valid"),
-            applied: IntCounter::new("jobs_projector_events_applied_total", "Events applied.").expect("valid"),
             refused: IntCounter::new(
                 "jobs_projector_events_refused_total",
                 "Events apply refused (logged and skipped).",
@@ -43,12 +50,19 @@ impl ProjectorMetrics {
             .expect("valid"),
             batch_size: Histogram::with_opts(
                 HistogramOpts::new("jobs_projector_batch_size", "Messages per applied batch.")
-                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+                    .buckets(vec![
+                        1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+                    ]),
             )
             .expect("valid"),
             apply_seconds: Histogram::with_opts(
-                HistogramOpts::new("jobs_projector_apply_duration_seconds", "Time to apply and commit a batch.")
-                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                HistogramOpts::new(
+                    "jobs_projector_apply_duration_seconds",
+                    "Time to apply and commit a batch.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                ]),
             )
             .expect("valid"),
         };
@@ -70,15 +84,23 @@ pub struct Projector {
     pub checkpoint: Arc<AtomicU64>,
 }
 
-async fn position_consumer(js: &jetstream::Context, checkpoint: u64) -> anyhow::Result<jetstream::consumer::PullConsumer> {
-    let stream = js.get_stream(STREAM_NAME).await.context("getting JOBS_EVENTS")?;
+async fn position_consumer(
+    js: &jetstream::Context,
+    checkpoint: u64,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = js
+        .get_stream(STREAM_NAME)
+        .await
+        .context("getting JOBS_EVENTS")?;
     // Whatever the server remembers of an earlier run is dropped: the checkpoint decides.
     let _ = stream.delete_consumer(PROJECTOR_CONSUMER).await;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(PROJECTOR_CONSUMER.to_string()),
             description: Some("projector: Postgres read model".to_string()),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 },
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            },
             ack_policy: AckPolicy::All,
             ack_wait: Duration::from_secs(300),
             max_ack_pending: 20_000,
@@ -97,7 +119,10 @@ impl Projector {
             match self.follow(&stop).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "projection interrupted; resuming from the checkpoint");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "projection interrupted; resuming from the checkpoint"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => return,
@@ -125,7 +150,9 @@ impl Projector {
                 m = messages.next() => m,
                 _ = stop.cancelled() => return Ok(()),
             };
-            let first = first.context("the consumer ended")?.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let first = first
+                .context("the consumer ended")?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut batch = vec![first];
             while batch.len() < self.batch_size {
                 match messages.next().now_or_never() {
@@ -155,13 +182,19 @@ impl Projector {
         }
     }
 
-    async fn apply_with_retry(&self, incoming: &[Incoming], stop: &CancellationToken) -> anyhow::Result<()> {
+    async fn apply_with_retry(
+        &self,
+        incoming: &[Incoming],
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let start = Instant::now();
             match apply_batch(&self.pool, incoming).await {
                 Ok(out) => {
-                    self.metrics.apply_seconds.observe(start.elapsed().as_secs_f64());
+                    self.metrics
+                        .apply_seconds
+                        .observe(start.elapsed().as_secs_f64());
                     self.metrics.batch_size.observe(incoming.len() as f64);
                     self.metrics.applied.inc_by(out.applied as u64);
                     self.metrics.refused.inc_by(out.refused as u64);
@@ -169,7 +202,10 @@ impl Projector {
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "applying a batch failed; retrying");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "applying a batch failed; retrying"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => anyhow::bail!("stopped before the batch was applied"),
@@ -187,11 +223,19 @@ impl Projector {
 }
 
 /// Every few seconds, records the projection lag (stream last sequence − checkpoint).
-pub async fn watch_lag(js: jetstream::Context, checkpoint: Arc<AtomicU64>, metrics: ProjectorMetrics, stop: CancellationToken) {
+pub async fn watch_lag(
+    js: jetstream::Context,
+    checkpoint: Arc<AtomicU64>,
+    metrics: ProjectorMetrics,
+    stop: CancellationToken,
+) {
     loop {
         if let Ok(mut s) = js.get_stream(STREAM_NAME).await {
             if let Ok(info) = s.info().await {
-                let lag = info.state.last_sequence.saturating_sub(checkpoint.load(Ordering::Relaxed));
+                let lag = info
+                    .state
+                    .last_sequence
+                    .saturating_sub(checkpoint.load(Ordering::Relaxed));
                 metrics.lag.set(lag as i64);
             }
         }

@@ -12,4 +12,3 @@ pub mod startup;
 
 pub use config::Config;
 pub use startup::Application;
-

@@ -36,7 +36,10 @@ fn decode(m: &Incoming) -> Option<Recorded> {
     // Subjects other than jobs (tenants, workers) are not part of this read model yet.
     let (tenant, job) = parse_job_subject(&m.subject)?;
     match Envelope::from_json(&m.payload) {
-        Ok(env) if env.tenant_id == tenant && env.job_id == job => Some(Recorded { seq: m.seq, envelope: env }),
+        Ok(env) if env.tenant_id == tenant && env.job_id == job => Some(Recorded {
+            seq: m.seq,
+            envelope: env,
+        }),
         Ok(_) => {
             tracing::error!(seq = m.seq, subject = %m.subject, "event body names another tenant or job than its subject; skipped");
             None
@@ -78,10 +81,12 @@ impl Rows {
         self.created_at.push(j.created_at);
         self.updated_at.push(j.updated_at);
         self.dead_lettered_at.push(j.dead_lettered_at);
-        self.last_error_code.push(j.last_error.as_ref().and_then(|e| e.code.clone()));
+        self.last_error_code
+            .push(j.last_error.as_ref().and_then(|e| e.code.clone()));
         self.version.push(j.version as i64);
         self.last_event_seq.push(j.last_event_seq as i64);
-        self.doc.push(serde_json::to_value(j).expect("a job always serializes"));
+        self.doc
+            .push(serde_json::to_value(j).expect("a job always serializes"));
     }
 }
 
@@ -89,16 +94,25 @@ impl Rows {
 #[tracing::instrument(skip_all, fields(size = batch.len()), err)]
 pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Outcome> {
     let mut tx = pool.begin().await?;
-    let checkpoint: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
+    let checkpoint: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > checkpoint).collect();
     let Some(last) = fresh.iter().map(|m| m.seq).max() else {
-        return Ok(Outcome { checkpoint: checkpoint as u64, ..Default::default() });
+        return Ok(Outcome {
+            checkpoint: checkpoint as u64,
+            ..Default::default()
+        });
     };
     let recs: Vec<Recorded> = fresh.iter().filter_map(|m| decode(m)).collect();
 
-    let ids: Vec<Uuid> = recs.iter().map(|r| r.envelope.job_id).collect::<HashSet<_>>().into_iter().collect();
+    let ids: Vec<Uuid> = recs
+        .iter()
+        .map(|r| r.envelope.job_id)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let docs: Vec<Value> = sqlx::query_scalar("SELECT doc FROM jobs WHERE id = ANY($1)")
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -171,13 +185,19 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
         .context("upserting jobs")?;
     }
 
-    let history: Vec<&Recorded> = history.into_iter().filter(|r| !purged.contains(&r.envelope.job_id)).collect();
+    let history: Vec<&Recorded> = history
+        .into_iter()
+        .filter(|r| !purged.contains(&r.envelope.job_id))
+        .collect();
     if !history.is_empty() {
         let seq: Vec<i64> = history.iter().map(|r| r.seq as i64).collect();
         let tenant: Vec<Uuid> = history.iter().map(|r| r.envelope.tenant_id).collect();
         let job: Vec<Uuid> = history.iter().map(|r| r.envelope.job_id).collect();
         let event_id: Vec<Uuid> = history.iter().map(|r| r.envelope.event_id).collect();
-        let kind: Vec<String> = history.iter().map(|r| r.envelope.type_name().to_string()).collect();
+        let kind: Vec<String> = history
+            .iter()
+            .map(|r| r.envelope.type_name().to_string())
+            .collect();
         let at: Vec<DateTime<Utc>> = history.iter().map(|r| r.envelope.at).collect();
         let actor: Vec<Value> = history
             .iter()
@@ -204,8 +224,14 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
     }
     if !purged.is_empty() {
         let purged: Vec<Uuid> = purged.into_iter().collect();
-        sqlx::query("DELETE FROM jobs WHERE id = ANY($1)").bind(&purged).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)").bind(&purged).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
+            .bind(&purged)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)")
+            .bind(&purged)
+            .execute(&mut *tx)
+            .await?;
     }
 
     sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")

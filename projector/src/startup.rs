@@ -28,14 +28,21 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     projector: Projector,
-    lag: (async_nats::jetstream::Context, Arc<AtomicU64>, ProjectorMetrics),
+    lag: (
+        async_nats::jetstream::Context,
+        Arc<AtomicU64>,
+        ProjectorMetrics,
+    ),
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
         let pool = common::db::connect(&config.database_url, 4, wait).await?;
-        common::db::MIGRATOR.run(&pool).await.context("migrating the read model")?;
+        common::db::MIGRATOR
+            .run(&pool)
+            .await
+            .context("migrating the read model")?;
         let client = common::nats::connect(&config.nats.nats_url, "projector", wait)
             .await
             .context("JOBS_NATS_URL")?;
@@ -51,13 +58,24 @@ impl Application {
             metrics: pm.clone(),
             checkpoint: checkpoint.clone(),
         };
-        let state = AppState { pool, client, js: js.clone() };
-        let router = Router::new().route("/readyz", get(readyz)).with_state(state);
+        let state = AppState {
+            pool,
+            client,
+            js: js.clone(),
+        };
+        let router = Router::new()
+            .route("/readyz", get(readyz))
+            .with_state(state);
         let router = common::server::finish(router, metrics);
         let listener = TcpListener::bind(config.projector_addr)
             .await
             .with_context(|| format!("JOBS_PROJECTOR_ADDR: binding {}", config.projector_addr))?;
-        Ok(Self { listener, router, projector, lag: (js, checkpoint, pm) })
+        Ok(Self {
+            listener,
+            router,
+            projector,
+            lag: (js, checkpoint, pm),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -72,7 +90,10 @@ impl Application {
         let (js, checkpoint, pm) = self.lag;
         let lag = tokio::spawn(watch_lag(js, checkpoint, pm, stop.clone()));
         let projection = tokio::spawn(self.projector.run(stop.clone()));
-        tracing::info!(port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0), "projector listening");
+        tracing::info!(
+            port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            "projector listening"
+        );
         let stop_http = stop.clone();
         let served = common::server::serve(self.listener, self.router, async move {
             shutdown.await;

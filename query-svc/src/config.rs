@@ -12,7 +12,11 @@ pub struct Config {
     #[arg(long, env = "JOBS_QUERY_ADDR", default_value = "127.0.0.1:8081")]
     pub query_addr: SocketAddr,
     /// Postgres URL of the read model.
-    #[arg(long, env = "JOBS_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/jobs")]
+    #[arg(
+        long,
+        env = "JOBS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/jobs"
+    )]
     pub database_url: String,
     /// Secret that signs pagination cursors; every query-svc instance must share it.
     /// Defaults to one derived from the token verification key.

@@ -34,7 +34,9 @@ impl CursorKey {
     /// Decodes a cursor made by `encode` with the same `scope` (the filters of the request).
     pub fn decode<T: DeserializeOwned>(&self, cursor: &str, scope: &str) -> Result<T, ApiError> {
         let bad = |m: &str| ApiError::validation("cursor", m.to_string());
-        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad("not a cursor this service issued"))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(cursor)
+            .map_err(|_| bad("not a cursor this service issued"))?;
         if bytes.len() < 16 {
             return Err(bad("not a cursor this service issued"));
         }
@@ -67,13 +69,20 @@ mod tests {
     fn a_cursor_round_trips_only_with_its_key_and_filters() {
         let k = CursorKey::new(b"secret");
         let c = k.encode(&(42u64, "x".to_string()), "status=pending");
-        assert_eq!(k.decode::<(u64, String)>(&c, "status=pending").unwrap(), (42, "x".into()));
+        assert_eq!(
+            k.decode::<(u64, String)>(&c, "status=pending").unwrap(),
+            (42, "x".into())
+        );
         assert!(k.decode::<(u64, String)>(&c, "status=leased").is_err());
-        assert!(CursorKey::new(b"other").decode::<(u64, String)>(&c, "status=pending").is_err());
+        assert!(CursorKey::new(b"other")
+            .decode::<(u64, String)>(&c, "status=pending")
+            .is_err());
         let mut tampered = c.clone().into_bytes();
         let last = tampered.len() - 2;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-        assert!(k.decode::<(u64, String)>(std::str::from_utf8(&tampered).unwrap(), "status=pending").is_err());
+        assert!(k
+            .decode::<(u64, String)>(std::str::from_utf8(&tampered).unwrap(), "status=pending")
+            .is_err());
         assert!(k.decode::<(u64, String)>("!!", "status=pending").is_err());
     }
 }

@@ -43,7 +43,10 @@ pub async fn follow(pool: PgPool, tx: watch::Sender<u64>, stop: CancellationToke
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(error = format!("{e:#}"), "following the projection checkpoint failed; retrying");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "following the projection checkpoint failed; retrying"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.cancelled() => return,
@@ -88,6 +91,7 @@ pub async fn wait_for(rx: &watch::Receiver<u64>, headers: &HeaderMap) -> Result<
 
 /// Adds `x-projection-seq` to a response.
 pub fn stamp(mut res: Response, seq: u64) -> Response {
-    res.headers_mut().insert("x-projection-seq", HeaderValue::from(seq));
+    res.headers_mut()
+        .insert("x-projection-seq", HeaderValue::from(seq));
     res
 }

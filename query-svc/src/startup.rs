@@ -45,12 +45,20 @@ fn cursor_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = &config.cursor_secret {
         return Ok(s.as_bytes().to_vec());
     }
-    let path = config.auth.jwt_public_key.as_ref().or(config.auth.jwks_file.as_ref());
+    let path = config
+        .auth
+        .jwt_public_key
+        .as_ref()
+        .or(config.auth.jwks_file.as_ref());
     let material = match path {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => Vec::new(),
     };
-    Ok(Sha256::new().chain_update(b"jobs-cursor-v1").chain_update(material).finalize().to_vec())
+    Ok(Sha256::new()
+        .chain_update(b"jobs-cursor-v1")
+        .chain_update(material)
+        .finalize()
+        .to_vec())
 }
 
 impl Application {
@@ -75,7 +83,11 @@ impl Application {
         let listener = TcpListener::bind(config.query_addr)
             .await
             .with_context(|| format!("JOBS_QUERY_ADDR: binding {}", config.query_addr))?;
-        Ok(Self { listener, router, follower: (pool, tx) })
+        Ok(Self {
+            listener,
+            router,
+            follower: (pool, tx),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -89,7 +101,10 @@ impl Application {
         let stop = CancellationToken::new();
         let (pool, tx) = self.follower;
         let follower = tokio::spawn(crate::freshness::follow(pool, tx, stop.clone()));
-        tracing::info!(port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0), "query-svc listening");
+        tracing::info!(
+            port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            "query-svc listening"
+        );
         let served = common::server::serve(self.listener, self.router, shutdown).await;
         stop.cancel();
         let _ = follower.await;

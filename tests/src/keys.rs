@@ -22,14 +22,25 @@ pub struct Keys {
 static KEYS: OnceLock<Keys> = OnceLock::new();
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Keys {
     pub fn get() -> Keys {
         KEYS.get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("jobs-keys-").tempdir().expect("tempdir").keep();
+            let dir = tempfile::Builder::new()
+                .prefix("jobs-keys-")
+                .tempdir()
+                .expect("tempdir")
+                .keep();
             let p = |n: &str| dir.join(n);
             let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_string();
             let keys = Keys {
@@ -41,11 +52,41 @@ impl Keys {
                 dir: dir.clone(),
             };
             for k in [&keys.rsa_private, &keys.other_rsa_private] {
-                openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &s(k)]);
+                openssl(&[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    &s(k),
+                ]);
             }
-            openssl(&["pkey", "-in", &s(&keys.rsa_private), "-pubout", "-out", &s(&keys.rsa_public)]);
-            openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &s(&keys.ec_private)]);
-            openssl(&["pkey", "-in", &s(&keys.ec_private), "-pubout", "-out", &s(&keys.ec_public)]);
+            openssl(&[
+                "pkey",
+                "-in",
+                &s(&keys.rsa_private),
+                "-pubout",
+                "-out",
+                &s(&keys.rsa_public),
+            ]);
+            openssl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &s(&keys.ec_private),
+            ]);
+            openssl(&[
+                "pkey",
+                "-in",
+                &s(&keys.ec_private),
+                "-pubout",
+                "-out",
+                &s(&keys.ec_public),
+            ]);
             keys
         })
         .clone()

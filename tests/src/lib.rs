@@ -34,7 +34,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -53,11 +56,16 @@ fn auth_args(keys: &Keys) -> AuthArgs {
 }
 
 fn nats_args(url: &str) -> NatsArgs {
-    NatsArgs { nats_url: url.to_string(), nats_connect_wait_seconds: 10 }
+    NatsArgs {
+        nats_url: url.to_string(),
+        nats_connect_wait_seconds: 10,
+    }
 }
 
 fn log_args() -> LogArgs {
-    LogArgs { log_format: LogFormat::Pretty }
+    LogArgs {
+        log_format: LogFormat::Pretty,
+    }
 }
 
 pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
@@ -131,20 +139,30 @@ macro_rules! run_app {
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        Running { port, stop: Some(tx), task: Some(task) }
+        Running {
+            port,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }};
 }
 
 pub async fn start_command(nats_url: &str, keys: &Keys) -> anyhow::Result<Running> {
-    Ok(run_app!(command_svc::Application::build(command_config(nats_url, keys)).await?))
+    Ok(run_app!(
+        command_svc::Application::build(command_config(nats_url, keys)).await?
+    ))
 }
 
 pub async fn start_query(nats_url: &str, db_url: &str, keys: &Keys) -> anyhow::Result<Running> {
-    Ok(run_app!(query_svc::Application::build(query_config(nats_url, db_url, keys)).await?))
+    Ok(run_app!(
+        query_svc::Application::build(query_config(nats_url, db_url, keys)).await?
+    ))
 }
 
 pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Running> {
-    Ok(run_app!(projector::Application::build(projector_config(nats_url, db_url)).await?))
+    Ok(run_app!(
+        projector::Application::build(projector_config(nats_url, db_url)).await?
+    ))
 }
 
 /// The whole stack for one test.
@@ -173,17 +191,25 @@ impl TestApp {
         let db = TestDb::create().await.expect("test database");
         let keys = Keys::get();
         let projector = if projector {
-            Some(start_projector(&nats.url(), &db.url).await.expect("projector starts"))
+            Some(
+                start_projector(&nats.url(), &db.url)
+                    .await
+                    .expect("projector starts"),
+            )
         } else {
             None
         };
-        let command = start_command(&nats.url(), &keys).await.expect("command-svc starts");
-        if !projector.is_some() {
+        let command = start_command(&nats.url(), &keys)
+            .await
+            .expect("command-svc starts");
+        if projector.is_none() {
             // query-svc checks the schema is there; create it as the projector would.
             let pool = sqlx::PgPool::connect(&db.url).await.expect("db");
             common::db::MIGRATOR.run(&pool).await.expect("migrate");
         }
-        let query = start_query(&nats.url(), &db.url, &keys).await.expect("query-svc starts");
+        let query = start_query(&nats.url(), &db.url, &keys)
+            .await
+            .expect("query-svc starts");
         let tenant = Uuid::new_v4();
         let token = keys.token(tenant, &["member"]);
         Self {
@@ -200,13 +226,23 @@ impl TestApp {
     }
 
     pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
-        let base = if method == Method::GET || method == Method::HEAD { self.query.url() } else { self.command.url() };
-        self.http.request(method, format!("{base}{path}")).bearer_auth(token)
+        let base = if method == Method::GET || method == Method::HEAD {
+            self.query.url()
+        } else {
+            self.command.url()
+        };
+        self.http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(token)
     }
 
     /// Enqueues `body` as `token`'s tenant; returns the response.
     pub async fn enqueue_as(&self, token: &str, body: &Value) -> Response {
-        self.request(Method::POST, "/jobs/v1/enqueue", token).json(body).send().await.expect("enqueue sent")
+        self.request(Method::POST, "/jobs/v1/enqueue", token)
+            .json(body)
+            .send()
+            .await
+            .expect("enqueue sent")
     }
 
     /// Enqueues and asserts 201; returns (job, x-event-seq).
@@ -231,7 +267,9 @@ impl TestApp {
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.db.url).await.expect("connect to the test db")
+        sqlx::PgPool::connect(&self.db.url)
+            .await
+            .expect("connect to the test db")
     }
 }
 
@@ -251,7 +289,10 @@ pub fn email_job(n: usize) -> Value {
 
 /// Reads the project's workspace root (for deploy/ templates).
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// Reads a JSON response body, with context on failure.

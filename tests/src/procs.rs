@@ -11,11 +11,18 @@ use tempfile::TempDir;
 
 /// A free TCP port on loopback (released just before use).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
 }
 
 pub fn nats_server_bin() -> PathBuf {
@@ -49,7 +56,14 @@ impl NatsServer {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = nats_server_bin();
         let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,10 +137,18 @@ impl TestDb {
         let admin_url = std::env::var("JOBS_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
         let name = format!("jobs_test_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin_url).await.context("JOBS_TEST_DATABASE_URL")?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await?;
+        let pool = sqlx::PgPool::connect(&admin_url)
+            .await
+            .context("JOBS_TEST_DATABASE_URL")?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await?;
         pool.close().await;
-        Ok(Self { url: replace_db(&admin_url, &name), name, admin_url })
+        Ok(Self {
+            url: replace_db(&admin_url, &name),
+            name,
+            admin_url,
+        })
     }
 }
 
@@ -134,10 +156,14 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin, name) = (self.admin_url.clone(), self.name.clone());
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let pool = sqlx::PgPool::connect(&admin).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&pool)
+                    .await?;
                 Ok::<_, anyhow::Error>(())
             })
         })
@@ -148,13 +174,22 @@ impl Drop for TestDb {
 /// The directory of the built binaries (next to this test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().expect("deps").parent().expect("profile dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .expect("deps")
+        .parent()
+        .expect("profile dir")
+        .to_path_buf();
     dir
 }
 
 pub fn bin_path(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -179,7 +214,11 @@ impl Bin {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()?;
-        Ok(Self { child: Some(child), log, _dir: dir })
+        Ok(Self {
+            child: Some(child),
+            log,
+            _dir: dir,
+        })
     }
 
     pub fn kill9(&mut self) {
@@ -211,8 +250,13 @@ impl Gateway {
     pub async fn start(command_port: u16, query_port: u16) -> anyhow::Result<Self> {
         let prefix = tempfile::Builder::new().prefix("jobs-nginx-").tempdir()?;
         let port = free_port();
-        let template = std::fs::read_to_string(crate::workspace_root().join("deploy/nginx.conf.template"))?;
-        let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let template =
+            std::fs::read_to_string(crate::workspace_root().join("deploy/nginx.conf.template"))?;
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
         let conf = template
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
             .replace("@COMMAND_UPSTREAM@", &format!("127.0.0.1:{command_port}"))
@@ -221,7 +265,9 @@ impl Gateway {
             .replace("@USER_DIRECTIVE@", if is_root { "user root;" } else { "" });
         let conf_path = prefix.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let nginx = std::env::var_os("JOBS_TEST_NGINX").map(PathBuf::from).unwrap_or_else(|| "/usr/sbin/nginx".into());
+        let nginx = std::env::var_os("JOBS_TEST_NGINX")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/usr/sbin/nginx".into());
         let child = Command::new(&nginx)
             .arg("-p")
             .arg(prefix.path())
@@ -234,12 +280,22 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", nginx.display()))?;
-        let gw = Self { port, child: Some(child), _prefix: prefix };
+        let gw = Self {
+            port,
+            child: Some(child),
+            _prefix: prefix,
+        };
         let url = format!("http://127.0.0.1:{port}/gateway/healthz");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+        while !reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             if tokio::time::Instant::now() > deadline {
-                bail!("nginx did not come up: {}", read(&gw._prefix.path().join("error.log")));
+                bail!(
+                    "nginx did not come up: {}",
+                    read(&gw._prefix.path().join("error.log"))
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -34,15 +34,27 @@ async fn bad_tokens_are_401_and_wrong_tenants_or_roles_are_403() {
         ("expired", keys.sign(&expired)),
         ("not yet valid", keys.sign(&not_yet)),
         ("without exp", keys.sign(&no_exp)),
-        ("bad signature", sign_with(&keys.other_rsa_private, Algorithm::RS256, &claims)),
+        (
+            "bad signature",
+            sign_with(&keys.other_rsa_private, Algorithm::RS256, &claims),
+        ),
         ("alg none", alg_none),
-        ("HS256 with the public key as secret", sign_with(&keys.rsa_public, Algorithm::HS256, &claims)),
-        ("wrong key type (ES256)", sign_with(&keys.ec_private, Algorithm::ES256, &claims)),
+        (
+            "HS256 with the public key as secret",
+            sign_with(&keys.rsa_public, Algorithm::HS256, &claims),
+        ),
+        (
+            "wrong key type (ES256)",
+            sign_with(&keys.ec_private, Algorithm::ES256, &claims),
+        ),
         ("missing tenantId", keys.sign(&no_tenant)),
         ("garbage", "not.a.token".to_string()),
     ];
     for (what, token) in &unauthenticated {
-        for (method, path) in [(Method::POST, "/jobs/v1/enqueue"), (Method::GET, "/jobs/v1/jobs")] {
+        for (method, path) in [
+            (Method::POST, "/jobs/v1/enqueue"),
+            (Method::GET, "/jobs/v1/jobs"),
+        ] {
             let mut req = app.request(method.clone(), path, token);
             if method == Method::POST {
                 req = req.json(&email_job(1));
@@ -50,10 +62,19 @@ async fn bad_tokens_are_401_and_wrong_tenants_or_roles_are_403() {
             let res = req.send().await.unwrap();
             assert_eq!(res.status(), 401, "{what} on {path}");
             assert_eq!(res.headers()["www-authenticate"], "Bearer");
-            assert_eq!(body_json(res).await.unwrap()["error"]["code"], "UNAUTHENTICATED");
+            assert_eq!(
+                body_json(res).await.unwrap()["error"]["code"],
+                "UNAUTHENTICATED"
+            );
         }
     }
-    let res = app.http.post(format!("{}/jobs/v1/enqueue", app.command.url())).json(&email_job(1)).send().await.unwrap();
+    let res = app
+        .http
+        .post(format!("{}/jobs/v1/enqueue", app.command.url()))
+        .json(&email_job(1))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 401, "no token at all");
 
     let res = app
@@ -64,7 +85,10 @@ async fn bad_tokens_are_401_and_wrong_tenants_or_roles_are_403() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
-    assert_eq!(body_json(res).await.unwrap()["error"]["code"], "TENANT_MISMATCH");
+    assert_eq!(
+        body_json(res).await.unwrap()["error"]["code"],
+        "TENANT_MISMATCH"
+    );
     let res = app
         .request(Method::POST, "/jobs/v1/enqueue", &app.token)
         .header("x-tenant-id", tenant.to_string())
@@ -75,7 +99,10 @@ async fn bad_tokens_are_401_and_wrong_tenants_or_roles_are_403() {
     assert_eq!(res.status(), 201, "a matching x-tenant-id is fine");
 
     let user_only = keys.token(tenant, &["user", "organizer"]);
-    for (method, path) in [(Method::POST, "/jobs/v1/enqueue"), (Method::GET, "/jobs/v1/jobs")] {
+    for (method, path) in [
+        (Method::POST, "/jobs/v1/enqueue"),
+        (Method::GET, "/jobs/v1/jobs"),
+    ] {
         let mut req = app.request(method.clone(), path, &user_only);
         if method == Method::POST {
             req = req.json(&email_job(1));
@@ -85,7 +112,9 @@ async fn bad_tokens_are_401_and_wrong_tenants_or_roles_are_403() {
         assert_eq!(body_json(res).await.unwrap()["error"]["code"], "FORBIDDEN");
     }
     for role in ["admin", "manager", "member", "viewer"] {
-        let res = app.enqueue_as(&keys.token(tenant, &[role]), &email_job(1)).await;
+        let res = app
+            .enqueue_as(&keys.token(tenant, &[role]), &email_job(1))
+            .await;
         assert_eq!(res.status(), 201, "role {role} may enqueue");
     }
 }
@@ -96,8 +125,13 @@ async fn es256_keys_and_jwks_files_verify_too() {
     let tenant = Uuid::new_v4();
     let claims = Keys::claims(tenant, &["member"]);
     let ec = common::auth::JwtVerifier::from_pem_file(&keys.ec_public, None, None).unwrap();
-    assert!(ec.verify(&sign_with(&keys.ec_private, Algorithm::ES256, &claims)).is_ok());
-    assert!(ec.verify(&keys.sign(&claims)).is_err(), "an RS256 token against an EC key");
+    assert!(ec
+        .verify(&sign_with(&keys.ec_private, Algorithm::ES256, &claims))
+        .is_ok());
+    assert!(
+        ec.verify(&keys.sign(&claims)).is_err(),
+        "an RS256 token against an EC key"
+    );
 
     // A JWKS holding the RSA key, built from its modulus and exponent.
     let pem = std::fs::read_to_string(&keys.rsa_public).unwrap();
@@ -112,15 +146,27 @@ async fn es256_keys_and_jwks_files_verify_too() {
             c.wait_with_output()
         })
         .unwrap();
-    let modulus = String::from_utf8(out.stdout).unwrap().trim().trim_start_matches("Modulus=").to_string();
+    let modulus = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("Modulus=")
+        .to_string();
     let n = URL_SAFE_NO_PAD.encode(hex_decode(&modulus));
     let jwks = json!({"keys": [{"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "n": n, "e": "AQAB"}]});
     let v = common::auth::JwtVerifier::from_jwks(jwks.to_string().as_bytes(), None, None).unwrap();
     let c = v.verify(&keys.sign(&claims)).unwrap();
     assert_eq!(c.tenant_id, tenant);
 
-    let with_iss = common::auth::JwtVerifier::from_pem_file(&keys.rsa_public, Some("https://issuer".into()), Some("jobs".into())).unwrap();
-    assert!(with_iss.verify(&keys.sign(&claims)).is_err(), "iss and aud are checked when configured");
+    let with_iss = common::auth::JwtVerifier::from_pem_file(
+        &keys.rsa_public,
+        Some("https://issuer".into()),
+        Some("jobs".into()),
+    )
+    .unwrap();
+    assert!(
+        with_iss.verify(&keys.sign(&claims)).is_err(),
+        "iss and aud are checked when configured"
+    );
     let mut good = claims.clone();
     good["iss"] = json!("https://issuer");
     good["aud"] = json!("jobs");
@@ -128,5 +174,8 @@ async fn es256_keys_and_jwks_files_verify_too() {
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -13,16 +13,41 @@ fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
         .envs(envs.iter().copied())
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 #[test]
 fn help_lists_every_setting() {
     for (name, vars) in [
-        ("command-svc", &["JOBS_NATS_URL", "JOBS_JWT_PUBLIC_KEY", "JOBS_JWKS_FILE", "JOBS_COMMAND_ADDR", "JOBS_LOG_FORMAT"][..]),
-        ("query-svc", &["JOBS_NATS_URL", "JOBS_DATABASE_URL", "JOBS_JWT_PUBLIC_KEY", "JOBS_QUERY_ADDR", "JOBS_CURSOR_SECRET"][..]),
-        ("projector", &["JOBS_NATS_URL", "JOBS_DATABASE_URL", "JOBS_PROJECTOR_ADDR"][..]),
+        (
+            "command-svc",
+            &[
+                "JOBS_NATS_URL",
+                "JOBS_JWT_PUBLIC_KEY",
+                "JOBS_JWKS_FILE",
+                "JOBS_COMMAND_ADDR",
+                "JOBS_LOG_FORMAT",
+            ][..],
+        ),
+        (
+            "query-svc",
+            &[
+                "JOBS_NATS_URL",
+                "JOBS_DATABASE_URL",
+                "JOBS_JWT_PUBLIC_KEY",
+                "JOBS_QUERY_ADDR",
+                "JOBS_CURSOR_SECRET",
+            ][..],
+        ),
+        (
+            "projector",
+            &["JOBS_NATS_URL", "JOBS_DATABASE_URL", "JOBS_PROJECTOR_ADDR"][..],
+        ),
     ] {
         let (ok, text) = run(name, &["--help"], &[]);
         assert!(ok, "{name} --help: {text}");
@@ -31,7 +56,10 @@ fn help_lists_every_setting() {
         }
     }
     let (ok, text) = run("jobsctl", &["token", "--help"], &[]);
-    assert!(ok && text.contains("--tenant") && text.contains("--roles"), "{text}");
+    assert!(
+        ok && text.contains("--tenant") && text.contains("--roles"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -41,13 +69,27 @@ fn a_missing_or_bad_setting_stops_the_process_naming_it() {
     assert!(text.contains("JOBS_JWT_PUBLIC_KEY"), "{text}");
     assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
 
-    let (ok, text) = run("query-svc", &[], &[("JOBS_JWT_PUBLIC_KEY", "/nonexistent.pem")]);
+    let (ok, text) = run(
+        "query-svc",
+        &[],
+        &[("JOBS_JWT_PUBLIC_KEY", "/nonexistent.pem")],
+    );
     assert!(!ok);
-    assert!(text.contains("JOBS_JWT_PUBLIC_KEY") && text.contains("/nonexistent.pem"), "{text}");
+    assert!(
+        text.contains("JOBS_JWT_PUBLIC_KEY") && text.contains("/nonexistent.pem"),
+        "{text}"
+    );
 
-    let (ok, text) = run("projector", &[], &[("JOBS_PROJECTOR_ADDR", "not-an-address")]);
+    let (ok, text) = run(
+        "projector",
+        &[],
+        &[("JOBS_PROJECTOR_ADDR", "not-an-address")],
+    );
     assert!(!ok);
-    assert!(text.contains("JOBS_PROJECTOR_ADDR") || text.contains("projector-addr"), "{text}");
+    assert!(
+        text.contains("JOBS_PROJECTOR_ADDR") || text.contains("projector-addr"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -62,7 +104,11 @@ fn a_nats_server_older_than_2_12_is_refused() {
     let (ok, text) = run(
         "command-svc",
         &[],
-        &[("JOBS_JWT_PUBLIC_KEY", key), ("JOBS_NATS_URL", "nats://127.0.0.1:4222"), ("JOBS_NATS_CONNECT_WAIT_SECONDS", "2")],
+        &[
+            ("JOBS_JWT_PUBLIC_KEY", key),
+            ("JOBS_NATS_URL", "nats://127.0.0.1:4222"),
+            ("JOBS_NATS_CONNECT_WAIT_SECONDS", "2"),
+        ],
     );
     if text.contains("connecting to NATS") {
         eprintln!("NATS on 4222 did not answer: skipped");
@@ -78,12 +124,23 @@ fn jobsctl_mints_a_token_the_services_accept() {
     let tenant = uuid::Uuid::new_v4();
     let (ok, token) = run(
         "jobsctl",
-        &["token", "--tenant", &tenant.to_string(), "--roles", "admin,member", "--key", keys.rsa_private.to_str().unwrap()],
+        &[
+            "token",
+            "--tenant",
+            &tenant.to_string(),
+            "--roles",
+            "admin,member",
+            "--key",
+            keys.rsa_private.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(ok, "{token}");
     let v = common::auth::JwtVerifier::from_pem_file(&keys.rsa_public, None, None).unwrap();
     let claims = v.verify(token.trim()).unwrap();
     assert_eq!(claims.tenant_id, tenant);
-    assert_eq!(claims.roles, vec!["admin".to_string(), "member".to_string()]);
+    assert_eq!(
+        claims.roles,
+        vec!["admin".to_string(), "member".to_string()]
+    );
 }

@@ -15,24 +15,46 @@ async fn enqueue_answers_503_quickly_while_nats_is_down_and_recovers_by_itself()
     let started = Instant::now();
     let res = app.enqueue_as(&app.token, &email_job(1)).await;
     assert_eq!(res.status(), 503);
-    assert!(started.elapsed() < Duration::from_secs(5), "503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 took {:?}",
+        started.elapsed()
+    );
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
-    let ready = app.http.get(format!("{}/readyz", app.command.url())).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "readyz tells the truth while NATS is down");
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.command.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "readyz tells the truth while NATS is down"
+    );
 
     app.nats.restart().await.unwrap();
-    let (job, seq) = eventually(Duration::from_secs(20), "command-svc to reconnect", || async {
-        let res = app.enqueue_as(&app.token, &email_job(2)).await;
-        if res.status() != 201 {
-            return None;
-        }
-        let seq = tests::event_seq(&res);
-        let body: Value = res.json().await.ok()?;
-        Some((body["data"].clone(), seq))
-    })
+    let (job, seq) = eventually(
+        Duration::from_secs(20),
+        "command-svc to reconnect",
+        || async {
+            let res = app.enqueue_as(&app.token, &email_job(2)).await;
+            if res.status() != 201 {
+                return None;
+            }
+            let seq = tests::event_seq(&res);
+            let body: Value = res.json().await.ok()?;
+            Some((body["data"].clone(), seq))
+        },
+    )
     .await;
-    let (status, got) = app.get(&format!("/jobs/v1/jobs/{}", job["id"].as_str().unwrap()), seq).await;
+    let (status, got) = app
+        .get(
+            &format!("/jobs/v1/jobs/{}", job["id"].as_str().unwrap()),
+            seq,
+        )
+        .await;
     assert_eq!(status, 200, "the projector reconnected too: {got}");
     assert_eq!(got["data"], job);
 }
@@ -62,7 +84,13 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for i in 0..100 {
-                    let res = http.post(format!("{url}/jobs/v1/enqueue")).bearer_auth(&token).json(&email_job(w * 100 + i)).send().await.unwrap();
+                    let res = http
+                        .post(format!("{url}/jobs/v1/enqueue"))
+                        .bearer_auth(&token)
+                        .json(&email_job(w * 100 + i))
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(res.status(), 201);
                     let body: Value = res.json().await.unwrap();
                     ids.push(body["data"]["id"].as_str().unwrap().to_string());
@@ -73,9 +101,11 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
         .collect();
 
     // Kill it once it has applied some of the jobs, while the rest are still arriving.
-    eventually(Duration::from_secs(30), "the projector to apply some jobs", || async {
-        (count(&pool, "SELECT count(*) FROM jobs").await >= 50).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the projector to apply some jobs",
+        || async { (count(&pool, "SELECT count(*) FROM jobs").await >= 50).then_some(()) },
+    )
     .await;
     projector.kill9();
     let at_kill = count(&pool, "SELECT count(*) FROM jobs").await;
@@ -86,18 +116,33 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
     }
     assert_eq!(ids.len(), 500);
     let _projector = Bin::spawn("projector", &projector_env(&app)).unwrap();
-    eventually(Duration::from_secs(30), "all 500 jobs projected", || async {
-        (count(&pool, "SELECT count(*) FROM jobs").await == 500).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "all 500 jobs projected",
+        || async { (count(&pool, "SELECT count(*) FROM jobs").await == 500).then_some(()) },
+    )
     .await;
-    assert!(at_kill < 500, "the kill happened mid-stream ({at_kill} applied)");
-    let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM jobs ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert!(
+        at_kill < 500,
+        "the kill happened mid-stream ({at_kill} applied)"
+    );
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id::text FROM jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(stored, expected, "every acknowledged job is present, once");
-    assert_eq!(count(&pool, "SELECT count(*) FROM job_events").await, 500, "no event applied twice");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM job_events").await,
+        500,
+        "no event applied twice"
+    );
     assert_eq!(count(&pool, "SELECT max(version) FROM jobs").await, 1);
-    assert_eq!(count(&pool, "SELECT last_seq FROM projector_checkpoint").await, 500);
+    assert_eq!(
+        count(&pool, "SELECT last_seq FROM projector_checkpoint").await,
+        500
+    );
 }
 
 #[tokio::test]
@@ -106,7 +151,12 @@ async fn dropping_the_read_model_and_replaying_the_stream_gives_identical_rows()
     let mut last = 0;
     for chunk in 0..3 {
         let jobs: Vec<Value> = (0..40).map(|i| email_job(chunk * 40 + i)).collect();
-        let res = app.request(Method::POST, "/jobs/v1/enqueue/batch", &app.token).json(&json!({ "jobs": jobs })).send().await.unwrap();
+        let res = app
+            .request(Method::POST, "/jobs/v1/enqueue/batch", &app.token)
+            .json(&json!({ "jobs": jobs }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
         last = tests::event_seq(&res);
     }
@@ -114,7 +164,8 @@ async fn dropping_the_read_model_and_replaying_the_stream_gives_identical_rows()
     last += 1;
     let pool = app.pool().await;
     eventually(Duration::from_secs(20), "projection", || async {
-        (count(&pool, "SELECT last_seq FROM projector_checkpoint").await as u64 >= last).then_some(())
+        (count(&pool, "SELECT last_seq FROM projector_checkpoint").await as u64 >= last)
+            .then_some(())
     })
     .await;
     let snapshot = |pool: sqlx::PgPool| async move {
@@ -122,21 +173,41 @@ async fn dropping_the_read_model_and_replaying_the_stream_gives_identical_rows()
             .fetch_all(&pool)
             .await
             .unwrap();
-        let events: Vec<(i64, Value)> = sqlx::query_as("SELECT seq, to_jsonb(e) FROM job_events e ORDER BY seq").fetch_all(&pool).await.unwrap();
+        let events: Vec<(i64, Value)> =
+            sqlx::query_as("SELECT seq, to_jsonb(e) FROM job_events e ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         (jobs, events)
     };
     let before = snapshot(pool.clone()).await;
     assert_eq!(before.0.len(), 121);
 
     app.projector.take().unwrap().stop().await;
-    sqlx::query("DROP SCHEMA public CASCADE").execute(&pool).await.unwrap();
-    sqlx::query("CREATE SCHEMA public").execute(&pool).await.unwrap();
-    app.projector = Some(tests::start_projector(&app.nats.url(), &app.db.url).await.unwrap());
+    sqlx::query("DROP SCHEMA public CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE SCHEMA public")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.projector = Some(
+        tests::start_projector(&app.nats.url(), &app.db.url)
+            .await
+            .unwrap(),
+    );
     eventually(Duration::from_secs(20), "the replay", || async {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint").fetch_optional(&pool).await.ok()?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint")
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
         (seq? as u64 >= last).then_some(())
     })
     .await;
     let after = snapshot(pool.clone()).await;
-    assert_eq!(before, after, "the rebuilt read model is identical, row for row");
+    assert_eq!(
+        before, after,
+        "the rebuilt read model is identical, row for row"
+    );
 }

@@ -11,7 +11,9 @@ use tests::{email_job, event_seq, json as body_json, Gateway, TestApp};
 #[tokio::test]
 async fn a_job_round_trips_through_the_services_and_the_gateway() {
     let app = TestApp::spawn().await;
-    let gw = Gateway::start(app.command.port, app.query.port).await.expect("gateway");
+    let gw = Gateway::start(app.command.port, app.query.port)
+        .await
+        .expect("gateway");
     let seed = json!({"type": "email.send", "payload": {"to": "user@example.com", "template": "welcome"}, "priority": 5});
 
     for base in [gw.url(), app.command.url()] {
@@ -37,9 +39,18 @@ async fn a_job_round_trips_through_the_services_and_the_gateway() {
         let id = job["id"].as_str().unwrap();
         assert_eq!(location, format!("/jobs/v1/jobs/{id}"));
         assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
-        assert_eq!((job["status"].as_str(), job["priority"].as_i64()), (Some("pending"), Some(5)));
-        assert_eq!((job["queue"].as_str(), job["max_attempts"].as_i64()), (Some("default"), Some(3)));
-        assert_eq!((job["version"].as_i64(), job["attempts"].as_i64()), (Some(1), Some(0)));
+        assert_eq!(
+            (job["status"].as_str(), job["priority"].as_i64()),
+            (Some("pending"), Some(5))
+        );
+        assert_eq!(
+            (job["queue"].as_str(), job["max_attempts"].as_i64()),
+            (Some("default"), Some(3))
+        );
+        assert_eq!(
+            (job["version"].as_i64(), job["attempts"].as_i64()),
+            (Some(1), Some(0))
+        );
         assert_eq!(job["payload"], seed["payload"]);
 
         for read_base in [gw.url(), app.query.url()] {
@@ -52,21 +63,34 @@ async fn a_job_round_trips_through_the_services_and_the_gateway() {
                 .await
                 .unwrap();
             assert_eq!(res.status(), 200);
-            let projected: u64 = res.headers()["x-projection-seq"].to_str().unwrap().parse().unwrap();
+            let projected: u64 = res.headers()["x-projection-seq"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(projected >= seq, "read-your-writes: {projected} < {seq}");
             assert_eq!(res.headers()["etag"], "\"1\"");
             let got = body_json(res).await.unwrap();
-            assert_eq!(&got["data"], job, "the read model shows exactly what the command answered");
+            assert_eq!(
+                &got["data"], job,
+                "the read model shows exactly what the command answered"
+            );
 
             let list = app
                 .http
-                .get(format!("{read_base}/jobs/v1/jobs?type=email.send&limit=100"))
+                .get(format!(
+                    "{read_base}/jobs/v1/jobs?type=email.send&limit=100"
+                ))
                 .bearer_auth(&app.token)
                 .send()
                 .await
                 .unwrap();
             let list = body_json(list).await.unwrap();
-            assert!(list["data"].as_array().unwrap().iter().any(|j| j["id"] == job["id"]));
+            assert!(list["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == job["id"]));
             assert_eq!(list["page"]["limit"], 100);
 
             let events = app
@@ -102,10 +126,18 @@ async fn a_batch_is_all_or_none() {
     let body = body_json(res).await.unwrap();
     let created = body["data"]["jobs"].as_array().unwrap();
     assert_eq!(created.len(), 10);
-    let seqs: Vec<u64> = created.iter().map(|j| j["last_event_seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = created
+        .iter()
+        .map(|j| j["last_event_seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(*seqs.last().unwrap(), last);
     for j in created {
-        let (status, got) = app.get(&format!("/jobs/v1/jobs/{}", j["id"].as_str().unwrap()), last).await;
+        let (status, got) = app
+            .get(
+                &format!("/jobs/v1/jobs/{}", j["id"].as_str().unwrap()),
+                last,
+            )
+            .await;
         assert_eq!(status, 200);
         assert_eq!(&got["data"], j);
     }
@@ -122,10 +154,17 @@ async fn a_batch_is_all_or_none() {
     assert_eq!(res.status(), 400);
     let err = body_json(res).await.unwrap();
     assert_eq!(err["error"]["code"], "VALIDATION_FAILED");
-    assert_eq!(err["error"]["details"]["fields"][0]["field"], "jobs[3].priority");
+    assert_eq!(
+        err["error"]["details"]["fields"][0]["field"],
+        "jobs[3].priority"
+    );
     let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
     let mut stream = js.get_stream("JOBS_EVENTS").await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 10, "the refused batch appended nothing");
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        10,
+        "the refused batch appended nothing"
+    );
 
     for n in [0usize, 501] {
         let jobs: Vec<Value> = (0..n).map(email_job).collect();
@@ -149,40 +188,130 @@ async fn bad_input_gets_a_clear_error_in_the_envelope() {
             .send()
     };
     let cases: Vec<(String, &str, u16, &str, &str)> = vec![
-        ("{\"type\": \"x\", \"payload\": {}".into(), "application/json", 400, "VALIDATION_FAILED", "body"),
-        (json!({"type": "x", "payload": {}, "colour": "red"}).to_string(), "application/json", 400, "VALIDATION_FAILED", ""),
-        (json!({"type": "x", "payload": {}, "priority": "high"}).to_string(), "application/json", 400, "VALIDATION_FAILED", "priority"),
-        (json!({"type": "bad type!", "payload": {}}).to_string(), "application/json", 400, "VALIDATION_FAILED", "type"),
-        (json!({"payload": {}}).to_string(), "application/json", 400, "VALIDATION_FAILED", "body"),
-        (json!({"type": "x", "payload": {}, "max_attempts": 101}).to_string(), "application/json", 400, "VALIDATION_FAILED", "max_attempts"),
-        (json!({"type": "x", "payload": {}, "run_at": "tomorrow"}).to_string(), "application/json", 400, "VALIDATION_FAILED", "run_at"),
-        (json!({"type": "x", "payload": {}}).to_string(), "text/plain", 415, "UNSUPPORTED_MEDIA_TYPE", ""),
-        (json!({"type": "x", "payload": {"blob": "a".repeat(300 * 1024)}}).to_string(), "application/json", 413, "PAYLOAD_TOO_LARGE", ""),
-        (json!({"type": "x", "payload": {"blob": "a".repeat(2 * 1024 * 1024)}}).to_string(), "application/json", 413, "PAYLOAD_TOO_LARGE", ""),
+        (
+            "{\"type\": \"x\", \"payload\": {}".into(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "body",
+        ),
+        (
+            json!({"type": "x", "payload": {}, "colour": "red"}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "",
+        ),
+        (
+            json!({"type": "x", "payload": {}, "priority": "high"}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "priority",
+        ),
+        (
+            json!({"type": "bad type!", "payload": {}}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "type",
+        ),
+        (
+            json!({"payload": {}}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "body",
+        ),
+        (
+            json!({"type": "x", "payload": {}, "max_attempts": 101}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "max_attempts",
+        ),
+        (
+            json!({"type": "x", "payload": {}, "run_at": "tomorrow"}).to_string(),
+            "application/json",
+            400,
+            "VALIDATION_FAILED",
+            "run_at",
+        ),
+        (
+            json!({"type": "x", "payload": {}}).to_string(),
+            "text/plain",
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "",
+        ),
+        (
+            json!({"type": "x", "payload": {"blob": "a".repeat(300 * 1024)}}).to_string(),
+            "application/json",
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "",
+        ),
+        (
+            json!({"type": "x", "payload": {"blob": "a".repeat(2 * 1024 * 1024)}}).to_string(),
+            "application/json",
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "",
+        ),
     ];
     for (body, ct, status, code, field) in cases {
         let res = post(body.clone(), ct).await.unwrap();
-        assert_eq!(res.status().as_u16(), status, "{}", &body[..body.len().min(80)]);
+        assert_eq!(
+            res.status().as_u16(),
+            status,
+            "{}",
+            &body[..body.len().min(80)]
+        );
         let err = body_json(res).await.unwrap();
         assert_eq!(err["data"], Value::Null);
         assert_eq!(err["error"]["code"], code);
-        assert!(err["meta"]["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(err["meta"]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()));
         if !field.is_empty() {
             let fields = err["error"]["details"]["fields"].as_array().unwrap();
-            assert!(fields.iter().any(|f| f["field"] == field), "{field} in {fields:?}");
+            assert!(
+                fields.iter().any(|f| f["field"] == field),
+                "{field} in {fields:?}"
+            );
         }
     }
     // A scheduled job: run_at in the future.
-    let (job, _) = app.enqueue(&json!({"type": "report.build", "payload": {}, "delay_seconds": 3600})).await;
+    let (job, _) = app
+        .enqueue(&json!({"type": "report.build", "payload": {}, "delay_seconds": 3600}))
+        .await;
     assert_eq!(job["status"], "scheduled");
     // Unknown routes and query parameters answer in the envelope too.
-    let res = app.request(Method::GET, "/jobs/v1/nope", &app.token).send().await.unwrap();
+    let res = app
+        .request(Method::GET, "/jobs/v1/nope", &app.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
     assert_eq!(body_json(res).await.unwrap()["error"]["code"], "NOT_FOUND");
-    for q in ["status=sleeping", "limit=0", "limit=101", "order=sideways", "colour=red", "priority=11"] {
-        let res = app.request(Method::GET, &format!("/jobs/v1/jobs?{q}"), &app.token).send().await.unwrap();
+    for q in [
+        "status=sleeping",
+        "limit=0",
+        "limit=101",
+        "order=sideways",
+        "colour=red",
+        "priority=11",
+    ] {
+        let res = app
+            .request(Method::GET, &format!("/jobs/v1/jobs?{q}"), &app.token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 400, "{q}");
-        assert_eq!(body_json(res).await.unwrap()["error"]["code"], "VALIDATION_FAILED");
+        assert_eq!(
+            body_json(res).await.unwrap()["error"]["code"],
+            "VALIDATION_FAILED"
+        );
     }
 }
 
@@ -201,7 +330,10 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
             .unwrap();
         assert_eq!(res.status(), 201);
         last_seq = event_seq(&res);
-        for j in body_json(res).await.unwrap()["data"]["jobs"].as_array().unwrap() {
+        for j in body_json(res).await.unwrap()["data"]["jobs"]
+            .as_array()
+            .unwrap()
+        {
             existing.insert(j["id"].as_str().unwrap().to_string());
         }
     }
@@ -209,14 +341,25 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
 
     let stop = tokio_util_stop();
     let writer = {
-        let (http, url, token, stop) = (app.http.clone(), app.command.url(), app.token.clone(), stop.clone());
+        let (http, url, token, stop) = (
+            app.http.clone(),
+            app.command.url(),
+            app.token.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             let mut n = 0;
             // A steady trickle of new jobs, slower than the pager reads them.
             let mut tick = tokio::time::interval(Duration::from_millis(3));
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
-                let res = http.post(format!("{url}/jobs/v1/enqueue")).bearer_auth(&token).json(&email_job(10_000 + n)).send().await.unwrap();
+                let res = http
+                    .post(format!("{url}/jobs/v1/enqueue"))
+                    .bearer_auth(&token)
+                    .json(&email_job(10_000 + n))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(res.status(), 201);
                 n += 1;
             }
@@ -237,7 +380,10 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
             assert_eq!(status, 200, "{page}");
             pages += 1;
             for j in page["data"].as_array().unwrap() {
-                assert!(seen.insert(j["id"].as_str().unwrap().to_string()), "a job was listed twice");
+                assert!(
+                    seen.insert(j["id"].as_str().unwrap().to_string()),
+                    "a job was listed twice"
+                );
             }
             assert_eq!(page["page"]["limit"], 20);
             if page["page"]["has_more"] == json!(false) {
@@ -246,7 +392,10 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
             }
             cursor = Some(page["page"]["next_cursor"].as_str().unwrap().to_string());
             if order == "desc" {
-                assert!(pages <= 25, "desc pagination does not chase jobs newer than its first page");
+                assert!(
+                    pages <= 25,
+                    "desc pagination does not chase jobs newer than its first page"
+                );
             }
             assert!(pages < 1000, "pagination does not end");
             if pages == 3 && order == "desc" {
@@ -267,7 +416,11 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
             }
         }
         let missing: Vec<_> = existing.difference(&seen).collect();
-        assert!(missing.is_empty(), "{order}: {} pre-existing jobs never listed", missing.len());
+        assert!(
+            missing.is_empty(),
+            "{order}: {} pre-existing jobs never listed",
+            missing.len()
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.await.unwrap();
@@ -285,8 +438,16 @@ async fn a_tenant_never_sees_another_tenants_job() {
     let id = job["id"].as_str().unwrap();
     let other = app.keys.token(uuid::Uuid::new_v4(), &["admin"]);
     let missing = uuid::Uuid::now_v7();
-    for path in [format!("/jobs/v1/jobs/{id}"), format!("/jobs/v1/jobs/{id}/events")] {
-        let res = app.request(Method::GET, &path, &other).header("x-min-event-seq", seq.to_string()).send().await.unwrap();
+    for path in [
+        format!("/jobs/v1/jobs/{id}"),
+        format!("/jobs/v1/jobs/{id}/events"),
+    ] {
+        let res = app
+            .request(Method::GET, &path, &other)
+            .header("x-min-event-seq", seq.to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 404, "{path}");
         let theirs = body_json(res).await.unwrap();
         let res = app
@@ -296,9 +457,16 @@ async fn a_tenant_never_sees_another_tenants_job() {
             .unwrap();
         assert_eq!(res.status(), 404);
         let absent = body_json(res).await.unwrap();
-        assert_eq!(theirs["error"], absent["error"], "another tenant's job looks exactly like no job");
+        assert_eq!(
+            theirs["error"], absent["error"],
+            "another tenant's job looks exactly like no job"
+        );
     }
-    let res = app.request(Method::GET, "/jobs/v1/jobs?limit=100", &other).send().await.unwrap();
+    let res = app
+        .request(Method::GET, "/jobs/v1/jobs?limit=100", &other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(body_json(res).await.unwrap()["data"], json!([]));
     // The owner still sees it.
     let (status, _) = app.get(&format!("/jobs/v1/jobs/{id}"), seq).await;
@@ -314,14 +482,30 @@ async fn health_readiness_and_metrics_need_no_token() {
             let res = app.http.get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(res.status(), 200, "{base}{path}: {:?}", res.text().await);
         }
-        let res = app.http.get(format!("{base}/metrics")).send().await.unwrap();
+        let res = app
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let text = res.text().await.unwrap();
         assert!(text.contains("# TYPE"), "{base}/metrics is Prometheus text");
     }
     app.enqueue(&email_job(1)).await;
-    let text = app.http.get(format!("{}/metrics", app.command.url())).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("jobs_events_appended_total{type=\"JobEnqueued\"} 1"), "{text}");
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.command.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("jobs_events_appended_total{type=\"JobEnqueued\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("route=\"/jobs/v1/enqueue\""));
     let text = eventually_metric(&app, &projector.url(), "jobs_projector_checkpoint 1").await;
     assert!(text.contains("jobs_projector_events_applied_total 1"));
@@ -329,7 +513,15 @@ async fn health_readiness_and_metrics_need_no_token() {
 
 async fn eventually_metric(app: &TestApp, base: &str, needle: &str) -> String {
     tests::eventually(Duration::from_secs(10), needle, || async {
-        let t = app.http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        let t = app
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         t.contains(needle).then_some(t)
     })
     .await

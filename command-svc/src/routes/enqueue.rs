@@ -28,7 +28,10 @@ pub fn router(config: &Config) -> Router<AppState> {
     // The single-job body may carry the largest payload plus the other fields.
     let single_limit = config.max_payload_bytes + 64 * 1024;
     Router::new()
-        .route("/jobs/v1/enqueue", post(enqueue).layer(DefaultBodyLimit::max(single_limit)))
+        .route(
+            "/jobs/v1/enqueue",
+            post(enqueue).layer(DefaultBodyLimit::max(single_limit)),
+        )
         .route(
             "/jobs/v1/enqueue/batch",
             post(enqueue_batch).layer(DefaultBodyLimit::max(config.max_batch_body_bytes)),
@@ -52,7 +55,10 @@ fn new_job(
     let spec: EnqueueSpec = req.validate(now, prefix)?;
     let size = serde_json::to_vec(&spec.payload).map_or(0, |b| b.len());
     if size > state.max_payload_bytes {
-        return Err(vec![FieldError::new(format!("{prefix}payload"), "too large")]);
+        return Err(vec![FieldError::new(
+            format!("{prefix}payload"),
+            "too large",
+        )]);
     }
     let mut events = decide(None, &Command::Enqueue(spec), now).map_err(|r| match r {
         events::Rejection::Validation(f) => f,
@@ -70,7 +76,9 @@ fn new_job(
 }
 
 fn payload_too_large(errors: &[FieldError]) -> bool {
-    errors.iter().any(|e| e.field.ends_with("payload") && e.message == "too large")
+    errors
+        .iter()
+        .any(|e| e.field.ends_with("payload") && e.message == "too large")
 }
 
 fn reject(errors: Vec<FieldError>, max: usize) -> ApiError {
@@ -86,7 +94,8 @@ fn folded(env: Envelope, seq: u64) -> ApiResult<Job> {
 }
 
 fn with_seq(mut res: Response, seq: u64) -> Response {
-    res.headers_mut().insert("x-event-seq", HeaderValue::from(seq));
+    res.headers_mut()
+        .insert("x-event-seq", HeaderValue::from(seq));
     res
 }
 
@@ -96,7 +105,8 @@ async fn enqueue(
     ApiJson(req): ApiJson<EnqueueRequest>,
 ) -> ApiResult<Response> {
     let now = common::now();
-    let env = new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
+    let env =
+        new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
     let traceparent = common::context::current().child_traceparent();
     let seq = state.store.append(&env, &traceparent, 0).await?;
     let job = folded(env, seq)?;
@@ -115,7 +125,10 @@ async fn enqueue_batch(
 ) -> ApiResult<Response> {
     let n = req.jobs.len();
     if n == 0 || n > MAX_BATCH {
-        return Err(ApiError::validation("jobs", format!("must hold 1 to {MAX_BATCH} jobs")));
+        return Err(ApiError::validation(
+            "jobs",
+            format!("must hold 1 to {MAX_BATCH} jobs"),
+        ));
     }
     let now = common::now();
     let mut envs = Vec::with_capacity(n);

@@ -12,6 +12,10 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let problems = common::nats::check_ready(&s.client, &s.js).await.err().into_iter().collect();
+    let problems = common::nats::check_ready(&s.client, &s.js)
+        .await
+        .err()
+        .into_iter()
+        .collect();
     common::health::readiness(problems)
 }

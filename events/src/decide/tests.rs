@@ -24,7 +24,11 @@ struct Given {
 
 impl Given {
     fn new() -> Self {
-        Self { job: None, seq: 0, id: Uuid::now_v7() }
+        Self {
+            job: None,
+            seq: 0,
+            id: Uuid::now_v7(),
+        }
     }
 
     fn when(&mut self, cmd: &Command, now: DateTime<Utc>) -> Result<Vec<JobEvent>, Rejection> {
@@ -44,7 +48,10 @@ impl Given {
                 },
             };
             let next = apply(self.job.as_ref(), &rec);
-            assert!(next.is_ok(), "apply refused what decide emitted: {next:?} for {e:?}");
+            assert!(
+                next.is_ok(),
+                "apply refused what decide emitted: {next:?} for {e:?}"
+            );
             self.job = next.ok();
         }
         Ok(events)
@@ -64,7 +71,10 @@ fn enqueue(max_attempts: i64) -> Command {
 }
 
 fn lease(worker: &str) -> Command {
-    Command::Lease { worker_id: worker.into(), lease_seconds: 30 }
+    Command::Lease {
+        worker_id: worker.into(),
+        lease_seconds: 30,
+    }
 }
 
 #[test]
@@ -89,9 +99,17 @@ fn a_lease_of_another_worker_is_lost() {
     g.when(&enqueue(3), t0()).unwrap();
     g.when(&lease("w1"), t0()).unwrap();
     let lease_id = g.job().lease.as_ref().unwrap().lease_id;
-    let complete = Command::Complete { worker_id: "w2".into(), lease_id, result: None };
+    let complete = Command::Complete {
+        worker_id: "w2".into(),
+        lease_id,
+        result: None,
+    };
     assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
-    let complete = Command::Complete { worker_id: "w1".into(), lease_id, result: Some(json!(1)) };
+    let complete = Command::Complete {
+        worker_id: "w1".into(),
+        lease_id,
+        result: Some(json!(1)),
+    };
     g.when(&complete, t0()).unwrap();
     assert_eq!(g.job().status, Status::Completed);
     assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
@@ -108,7 +126,10 @@ fn failures_back_off_then_dead_letter_when_attempts_run_out() {
         let fail = Command::Fail {
             worker_id: "w1".into(),
             lease_id,
-            error: ErrorInfo { message: "boom".into(), code: Some("E1".into()) },
+            error: ErrorInfo {
+                message: "boom".into(),
+                code: Some("E1".into()),
+            },
             retryable: true,
             retry_after_seconds: None,
         };
@@ -117,15 +138,25 @@ fn failures_back_off_then_dead_letter_when_attempts_run_out() {
         if attempt == 1 {
             assert_eq!(g.job().status, Status::Scheduled);
             let wait = g.job().run_at - now;
-            assert!(wait >= Duration::milliseconds(2500) && wait <= Duration::seconds(5), "{wait}");
-            assert_eq!(g.when(&lease("w1"), now), Err(Rejection::InvalidState(Status::Scheduled)));
+            assert!(
+                wait >= Duration::milliseconds(2500) && wait <= Duration::seconds(5),
+                "{wait}"
+            );
+            assert_eq!(
+                g.when(&lease("w1"), now),
+                Err(Rejection::InvalidState(Status::Scheduled))
+            );
             now = g.job().run_at;
         }
     }
     assert_eq!(g.job().status, Status::DeadLettered);
     g.when(&Command::Retry, now).unwrap();
     assert_eq!((g.job().status, g.job().attempts), (Status::Pending, 0));
-    assert_eq!(g.job().errors.len(), 2, "failed attempts stay visible after a retry");
+    assert_eq!(
+        g.job().errors.len(),
+        2,
+        "failed attempts stay visible after a retry"
+    );
 }
 
 #[test]
@@ -135,10 +166,16 @@ fn an_expired_lease_counts_as_a_failed_attempt() {
     g.when(&lease("w1"), t0()).unwrap();
     let lease_id = g.job().lease.as_ref().unwrap().lease_id;
     let expire = Command::ExpireLease { lease_id };
-    assert!(g.when(&expire, t0()).is_err(), "a lease cannot expire early");
+    assert!(
+        g.when(&expire, t0()).is_err(),
+        "a lease cannot expire early"
+    );
     g.when(&expire, t0() + Duration::seconds(31)).unwrap();
     assert_eq!(g.job().status, Status::Scheduled);
-    assert_eq!(g.job().last_error.as_ref().unwrap().code.as_deref(), Some("LEASE_EXPIRED"));
+    assert_eq!(
+        g.job().last_error.as_ref().unwrap().code.as_deref(),
+        Some("LEASE_EXPIRED")
+    );
 }
 
 #[test]
@@ -150,9 +187,17 @@ fn cancelling_a_leased_job_waits_for_the_worker() {
     g.when(&Command::Cancel { reason: None }, t0()).unwrap();
     assert!(g.job().cancel_requested);
     assert_eq!(g.when(&Command::Cancel { reason: None }, t0()), Ok(vec![]));
-    let complete = Command::Complete { worker_id: "w1".into(), lease_id, result: None };
+    let complete = Command::Complete {
+        worker_id: "w1".into(),
+        lease_id,
+        result: None,
+    };
     assert_eq!(g.when(&complete, t0()), Err(Rejection::LeaseLost));
-    g.when(&Command::ExpireLease { lease_id }, t0() + Duration::hours(1)).unwrap();
+    g.when(
+        &Command::ExpireLease { lease_id },
+        t0() + Duration::hours(1),
+    )
+    .unwrap();
     assert_eq!(g.job().status, Status::Cancelled);
     assert_eq!(
         g.when(&Command::Cancel { reason: None }, t0()),
@@ -164,28 +209,52 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let worker = prop_oneof![Just("w1".to_string()), Just("w2".to_string())];
     prop_oneof![
         (1i64..4).prop_map(enqueue),
-        (worker.clone(), 5u32..60).prop_map(|(w, s)| Command::Lease { worker_id: w, lease_seconds: s }),
+        (worker.clone(), 5u32..60).prop_map(|(w, s)| Command::Lease {
+            worker_id: w,
+            lease_seconds: s
+        }),
         (worker.clone(), 0u64..40, 1u32..60).prop_map(|(w, l, s)| Command::Heartbeat {
             worker_id: w,
             lease_id: l,
             progress: Some(json!(l)),
             extend_seconds: s
         }),
-        (worker.clone(), 0u64..40).prop_map(|(w, l)| Command::Complete { worker_id: w, lease_id: l, result: None }),
-        (worker, 0u64..40, any::<bool>(), proptest::option::of(0u32..100)).prop_map(|(w, l, r, after)| {
-            Command::Fail {
-                worker_id: w,
-                lease_id: l,
-                error: ErrorInfo { message: "x".into(), code: None },
-                retryable: r,
-                retry_after_seconds: after,
-            }
+        (worker.clone(), 0u64..40).prop_map(|(w, l)| Command::Complete {
+            worker_id: w,
+            lease_id: l,
+            result: None
         }),
+        (
+            worker,
+            0u64..40,
+            any::<bool>(),
+            proptest::option::of(0u32..100)
+        )
+            .prop_map(|(w, l, r, after)| {
+                Command::Fail {
+                    worker_id: w,
+                    lease_id: l,
+                    error: ErrorInfo {
+                        message: "x".into(),
+                        code: None,
+                    },
+                    retryable: r,
+                    retry_after_seconds: after,
+                }
+            }),
         (0u64..40).prop_map(|l| Command::ExpireLease { lease_id: l }),
         Just(Command::Cancel { reason: None }),
-        (proptest::option::of(0u8..=10), proptest::option::of(1u32..5)).prop_map(|(p, m)| {
-            Command::Update(UpdateSpec { priority: p, max_attempts: m, ..Default::default() })
-        }),
+        (
+            proptest::option::of(0u8..=10),
+            proptest::option::of(1u32..5)
+        )
+            .prop_map(|(p, m)| {
+                Command::Update(UpdateSpec {
+                    priority: p,
+                    max_attempts: m,
+                    ..Default::default()
+                })
+            }),
         Just(Command::Retry),
         Just(Command::Purge),
     ]
@@ -193,18 +262,53 @@ fn arb_command() -> impl Strategy<Value = Command> {
 
 /// Commands aimed at the current lease, so that sequences reach deep states often.
 fn aim(cmd: Command, job: Option<&Job>) -> Command {
-    let current = job.and_then(|j| j.lease.as_ref()).map(|l| (l.lease_id, l.worker_id.clone()));
+    let current = job
+        .and_then(|j| j.lease.as_ref())
+        .map(|l| (l.lease_id, l.worker_id.clone()));
     match (cmd, current) {
-        (Command::Heartbeat { progress, extend_seconds, lease_id, .. }, Some((id, w))) if lease_id % 2 == 0 => {
-            Command::Heartbeat { worker_id: w, lease_id: id, progress, extend_seconds }
+        (
+            Command::Heartbeat {
+                progress,
+                extend_seconds,
+                lease_id,
+                ..
+            },
+            Some((id, w)),
+        ) if lease_id % 2 == 0 => Command::Heartbeat {
+            worker_id: w,
+            lease_id: id,
+            progress,
+            extend_seconds,
+        },
+        (
+            Command::Complete {
+                result, lease_id, ..
+            },
+            Some((id, w)),
+        ) if lease_id % 2 == 0 => Command::Complete {
+            worker_id: w,
+            lease_id: id,
+            result,
+        },
+        (
+            Command::Fail {
+                error,
+                retryable,
+                retry_after_seconds,
+                lease_id,
+                ..
+            },
+            Some((id, w)),
+        ) if lease_id % 4 != 0 => Command::Fail {
+            worker_id: w,
+            lease_id: id,
+            error,
+            retryable,
+            retry_after_seconds,
+        },
+        (Command::ExpireLease { lease_id }, Some((id, _))) if lease_id % 2 == 0 => {
+            Command::ExpireLease { lease_id: id }
         }
-        (Command::Complete { result, lease_id, .. }, Some((id, w))) if lease_id % 2 == 0 => {
-            Command::Complete { worker_id: w, lease_id: id, result }
-        }
-        (Command::Fail { error, retryable, retry_after_seconds, lease_id, .. }, Some((id, w))) if lease_id % 4 != 0 => {
-            Command::Fail { worker_id: w, lease_id: id, error, retryable, retry_after_seconds }
-        }
-        (Command::ExpireLease { lease_id }, Some((id, _))) if lease_id % 2 == 0 => Command::ExpireLease { lease_id: id },
         (c, _) => c,
     }
 }
@@ -288,7 +392,11 @@ proptest! {
 
 /// A leased job, a useful state to aim arbitrary commands at.
 fn sample_job(id: Uuid, now: DateTime<Utc>) -> Job {
-    let mut g = Given { job: None, seq: 0, id };
+    let mut g = Given {
+        job: None,
+        seq: 0,
+        id,
+    };
     g.when(&enqueue(3), now).unwrap();
     g.when(&lease("w1"), now).unwrap();
     g.job.unwrap()
@@ -303,7 +411,9 @@ fn the_wire_form_is_the_documented_one() {
         job_id: Uuid::nil(),
         at: t0(),
         actor: Actor::user("u1"),
-        event: JobEvent::Cancelled { reason: Some("no longer needed".into()) },
+        event: JobEvent::Cancelled {
+            reason: Some("no longer needed".into()),
+        },
     };
     let v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
     assert_eq!(

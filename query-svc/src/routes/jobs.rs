@@ -63,7 +63,10 @@ fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
     match limit {
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::validation("limit", format!("must be between 1 and {max}"))),
+        Some(_) => Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
     }
 }
 
@@ -108,12 +111,17 @@ async fn list(
     if let Some(t) = &q.queue {
         check_name("queue", t, &mut errors);
     }
-    let priority = q.priority.map(|p| check_priority("priority", p, &mut errors));
+    let priority = q
+        .priority
+        .map(|p| check_priority("priority", p, &mut errors));
     let desc = match q.order.as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,
         Some(_) => {
-            errors.push(events::validate::FieldError::new("order", "must be asc or desc"));
+            errors.push(events::validate::FieldError::new(
+                "order",
+                "must be asc or desc",
+            ));
             true
         }
     };
@@ -125,12 +133,17 @@ async fn list(
         "jobs|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{desc}",
         status, q.job_type, q.queue, priority, q.created_after, q.created_before
     );
-    let after: Option<(DateTime<Utc>, Uuid)> = q.cursor.as_deref().map(|c| s.cursor.decode(c, &scope)).transpose()?;
+    let after: Option<(DateTime<Utc>, Uuid)> = q
+        .cursor
+        .as_deref()
+        .map(|c| s.cursor.decode(c, &scope))
+        .transpose()?;
 
     let seq = wait_for(&s.projection, &headers).await?;
     let now = Utc::now();
-    let mut qb: QueryBuilder<Postgres> =
-        QueryBuilder::new("SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ");
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ",
+    );
     qb.push_bind(user.tenant_id());
     match status {
         Some(Status::Pending) => {
@@ -138,7 +151,8 @@ async fn list(
             qb.push_bind(now).push("))");
         }
         Some(Status::Scheduled) => {
-            qb.push(" AND status = 'scheduled' AND run_at > ").push_bind(now);
+            qb.push(" AND status = 'scheduled' AND run_at > ")
+                .push_bind(now);
         }
         Some(other) => {
             qb.push(" AND status = ").push_bind(other.as_str());
@@ -161,10 +175,18 @@ async fn list(
         qb.push(" AND created_at < ").push_bind(t);
     }
     if let Some((c, i)) = after {
-        qb.push(if desc { " AND (created_at, id) < (" } else { " AND (created_at, id) > (" });
+        qb.push(if desc {
+            " AND (created_at, id) < ("
+        } else {
+            " AND (created_at, id) > ("
+        });
         qb.push_bind(c).push(", ").push_bind(i).push(")");
     }
-    qb.push(if desc { " ORDER BY created_at DESC, id DESC" } else { " ORDER BY created_at ASC, id ASC" });
+    qb.push(if desc {
+        " ORDER BY created_at DESC, id DESC"
+    } else {
+        " ORDER BY created_at ASC, id ASC"
+    });
     qb.push(" LIMIT ").push_bind(limit + 1);
     let rows = qb.build().fetch_all(&s.pool).await.map_err(db_error)?;
 
@@ -178,8 +200,16 @@ async fn list(
         last = Some((row.get("created_at"), row.get("id")));
         items.push(render(doc, &status, run_at, now));
     }
-    let next_cursor = if has_more { last.map(|p| s.cursor.encode(&p, &scope)) } else { None };
-    let page = Page { next_cursor, has_more, limit: limit as u32 };
+    let next_cursor = if has_more {
+        last.map(|p| s.cursor.encode(&p, &scope))
+    } else {
+        None
+    };
+    let page = Page {
+        next_cursor,
+        has_more,
+        limit: limit as u32,
+    };
     Ok(stamp(list_envelope(items, page), seq))
 }
 
@@ -191,15 +221,22 @@ async fn get_one(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let seq = wait_for(&s.projection, &headers).await?;
-    let row = sqlx::query("SELECT doc, status, run_at, version FROM jobs WHERE id = $1 AND tenant_id = $2")
-        .bind(id)
-        .bind(user.tenant_id())
-        .fetch_optional(&s.pool)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(ApiError::not_found)?;
+    let row = sqlx::query(
+        "SELECT doc, status, run_at, version FROM jobs WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(user.tenant_id())
+    .fetch_optional(&s.pool)
+    .await
+    .map_err(db_error)?
+    .ok_or_else(ApiError::not_found)?;
     let version: i64 = row.get("version");
-    let job = render(row.get("doc"), row.get::<String, _>("status").as_str(), row.get("run_at"), Utc::now());
+    let job = render(
+        row.get("doc"),
+        row.get::<String, _>("status").as_str(),
+        row.get("run_at"),
+        Utc::now(),
+    );
     let mut res = stamp(envelope(axum::http::StatusCode::OK, job), seq);
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         res.headers_mut().insert(header::ETAG, v);
@@ -224,14 +261,20 @@ async fn job_events(
     let id = parse_id(&id)?;
     let limit = check_limit(q.limit, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)?;
     let scope = format!("events|{id}");
-    let after: i64 = q.cursor.as_deref().map(|c| s.cursor.decode(c, &scope)).transpose()?.unwrap_or(0);
+    let after: i64 = q
+        .cursor
+        .as_deref()
+        .map(|c| s.cursor.decode(c, &scope))
+        .transpose()?
+        .unwrap_or(0);
     let seq = wait_for(&s.projection, &headers).await?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2")
-        .bind(id)
-        .bind(user.tenant_id())
-        .fetch_optional(&s.pool)
-        .await
-        .map_err(db_error)?;
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(user.tenant_id())
+            .fetch_optional(&s.pool)
+            .await
+            .map_err(db_error)?;
     if exists.is_none() {
         return Err(ApiError::not_found());
     }
@@ -261,10 +304,17 @@ async fn job_events(
         })
         .collect();
     let next_cursor = if has_more {
-        items.last().and_then(|v| v["seq"].as_i64()).map(|last| s.cursor.encode(&last, &scope))
+        items
+            .last()
+            .and_then(|v| v["seq"].as_i64())
+            .map(|last| s.cursor.encode(&last, &scope))
     } else {
         None
     };
-    let page = Page { next_cursor, has_more, limit: limit as u32 };
+    let page = Page {
+        next_cursor,
+        has_more,
+        limit: limit as u32,
+    };
     Ok(stamp(list_envelope(items, page), seq))
 }

@@ -8,9 +8,15 @@ use axum::Router;
 use crate::startup::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new().merge(jobs::router()).route_layer(axum::middleware::from_fn_with_state(
-        state.verifier.clone(),
-        common::auth::authorize,
-    ));
-    Router::new().merge(protected).merge(health::router()).with_state(state)
+    let protected =
+        Router::new()
+            .merge(jobs::router())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.verifier.clone(),
+                common::auth::authorize,
+            ));
+    Router::new()
+        .merge(protected)
+        .merge(health::router())
+        .with_state(state)
 }
