@@ -1,6 +1,7 @@
 //! command-svc configuration: environment variables only (see `--help`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use common::config::{AuthArgs, LogArgs, NatsArgs};
 
@@ -11,6 +12,18 @@ pub struct Config {
     /// Address of the public HTTP listener.
     #[arg(long, env = "JOBS_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
     pub command_addr: SocketAddr,
+    /// Address of the worker listener (HTTPS, client certificates required).
+    #[arg(long, env = "JOBS_WORKER_ADDR", default_value = "127.0.0.1:8443")]
+    pub worker_addr: SocketAddr,
+    /// PEM certificate chain the worker listener presents.
+    #[arg(long, env = "JOBS_WORKER_TLS_CERT")]
+    pub worker_tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "JOBS_WORKER_TLS_KEY")]
+    pub worker_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that worker client certificates must chain to.
+    #[arg(long, env = "JOBS_WORKER_CLIENT_CA")]
+    pub worker_client_ca: Option<PathBuf>,
     /// Largest job payload accepted, in bytes (serialized JSON); larger answers 413.
     #[arg(long, env = "JOBS_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,

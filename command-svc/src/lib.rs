@@ -3,9 +3,13 @@
 //! concurrency on the job's subject. It stores nothing itself: the stream is the truth.
 
 pub mod config;
+pub mod engine;
+pub mod follower;
+pub mod model;
 pub mod routes;
 pub mod startup;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use startup::Application;

@@ -1,21 +1,25 @@
-//! Wiring: connect to NATS, make sure the stream exists, build the router, bind the listener.
+//! Wiring: connect to NATS, make sure the stream exists, build the engine (write model), the
+//! public router and the mTLS worker listener, and run the follower and timers beside them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use axum::extract::FromRef;
 use common::auth::JwtVerifier;
 use common::metrics::Metrics;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::routes;
+use crate::engine::{Engine, EngineMetrics};
 use crate::store::{EventStore, StoreMetrics};
+use crate::{follower, routes, tls};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: EventStore,
+    pub engine: Arc<Engine>,
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub verifier: Arc<JwtVerifier>,
@@ -31,11 +35,28 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    worker_listener: TcpListener,
+    worker_router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    engine: Arc<Engine>,
+}
+
+fn required<'a>(
+    v: &'a Option<std::path::PathBuf>,
+    name: &str,
+) -> anyhow::Result<&'a std::path::Path> {
+    v.as_deref()
+        .ok_or_else(|| anyhow!("{name} must be set: the worker listener needs it"))
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let verifier = config.auth.verifier()?;
+        let tls = tls::server_config(
+            required(&config.worker_tls_cert, "JOBS_WORKER_TLS_CERT")?,
+            required(&config.worker_tls_key, "JOBS_WORKER_TLS_KEY")?,
+            required(&config.worker_client_ca, "JOBS_WORKER_CLIENT_CA")?,
+        )?;
         let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
         let client = common::nats::connect(&config.nats.nats_url, "command-svc", wait)
             .await
@@ -44,29 +65,73 @@ impl Application {
         common::nats::ensure_stream(&js).await?;
         let metrics = Metrics::new();
         let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
+        let engine = Engine::new(store.clone(), js.clone(), EngineMetrics::new(&metrics));
         let state = AppState {
             store,
+            engine: engine.clone(),
             client,
             js,
             verifier,
             max_payload_bytes: config.max_payload_bytes,
         };
-        let router = common::server::finish(routes::router(state, &config), metrics);
+        let router =
+            common::server::finish(routes::router(state.clone(), &config), metrics.clone());
+        let worker_router = common::server::finish(routes::worker_router(state), metrics);
         let listener = TcpListener::bind(config.command_addr)
             .await
             .with_context(|| format!("JOBS_COMMAND_ADDR: binding {}", config.command_addr))?;
-        Ok(Self { listener, router })
+        let worker_listener = TcpListener::bind(config.worker_addr)
+            .await
+            .with_context(|| format!("JOBS_WORKER_ADDR: binding {}", config.worker_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            worker_listener,
+            worker_router,
+            tls,
+            engine,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    pub fn worker_port(&self) -> u16 {
+        self.worker_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        tracing::info!(port = self.port(), "command-svc listening");
-        common::server::serve(self.listener, self.router, shutdown).await
+        let stop = CancellationToken::new();
+        let follower = tokio::spawn(follower::follow(self.engine.clone(), stop.clone()));
+        let timers = tokio::spawn(follower::run_timers(self.engine.clone(), stop.clone()));
+        let workers = {
+            let stop = stop.clone();
+            tokio::spawn(tls::serve(
+                self.worker_listener,
+                self.tls,
+                self.worker_router,
+                async move { stop.cancelled().await },
+            ))
+        };
+        tracing::info!(
+            port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            "command-svc listening"
+        );
+        let stop_http = stop.clone();
+        let served = common::server::serve(self.listener, self.router, async move {
+            shutdown.await;
+            stop_http.cancel();
+        })
+        .await;
+        stop.cancel();
+        let _ = tokio::join!(follower, timers, workers);
+        served
     }
 }

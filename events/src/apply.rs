@@ -88,6 +88,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
         JobEvent::Leased {
             worker_id,
             expires_at,
+            lease_seconds,
         } => {
             if j.status_at(at) != Status::Pending || j.cancel_requested {
                 return Err(reject(ev, job, "only a ready job can be leased"));
@@ -99,6 +100,8 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 worker_id: worker_id.clone(),
                 lease_id: rec.seq,
                 expires_at: *expires_at,
+                leased_at: at,
+                lease_seconds: *lease_seconds,
             });
         }
         JobEvent::Heartbeat {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use crate::event::{ErrorInfo, JobEvent};
-use crate::job::{Backoff, Job, Status};
+use crate::job::{Backoff, Job, Lease, Status};
 pub use crate::validate::EnqueueSpec;
 use crate::validate::FieldError;
 
@@ -27,11 +27,13 @@ pub enum Command {
         worker_id: String,
         lease_seconds: u32,
     },
+    /// Extends the lease by `extend_seconds` (default: the lease's own length), never past
+    /// the job's `timeout_seconds` from when the lease began.
     Heartbeat {
         worker_id: String,
         lease_id: u64,
         progress: Option<Value>,
-        extend_seconds: u32,
+        extend_seconds: Option<u32>,
     },
     Complete {
         worker_id: String,
@@ -90,14 +92,21 @@ pub fn backoff_delay(backoff: Backoff, job: &Job, attempt: u32) -> Duration {
     Duration::milliseconds(jittered as i64)
 }
 
-fn current_lease(job: &Job, worker_id: &str, lease_id: u64) -> Result<(), Rejection> {
+/// The job's lease, if it is `lease_id`, held by `worker_id`, and not yet expired at `now`.
+fn current_lease<'a>(
+    job: &'a Job,
+    worker_id: &str,
+    lease_id: u64,
+    now: DateTime<Utc>,
+) -> Result<&'a Lease, Rejection> {
     match &job.lease {
         Some(l)
             if job.status == Status::Leased
                 && l.lease_id == lease_id
-                && l.worker_id == worker_id =>
+                && l.worker_id == worker_id
+                && l.expires_at > now =>
         {
-            Ok(())
+            Ok(l)
         }
         _ => Err(Rejection::LeaseLost),
     }
@@ -138,9 +147,11 @@ pub fn decide(
             if status != Status::Pending || job.cancel_requested {
                 return Err(Rejection::InvalidState(status));
             }
+            let seconds = (*lease_seconds).min(job.timeout_seconds).max(1);
             JobEvent::Leased {
                 worker_id: worker_id.clone(),
-                expires_at: now + Duration::seconds(*lease_seconds as i64),
+                expires_at: now + Duration::seconds(seconds as i64),
+                lease_seconds: seconds,
             }
         }
         Command::Heartbeat {
@@ -149,10 +160,13 @@ pub fn decide(
             progress,
             extend_seconds,
         } => {
-            current_lease(job, worker_id, *lease_id)?;
+            let lease = current_lease(job, worker_id, *lease_id, now)?;
+            let wanted =
+                now + Duration::seconds(extend_seconds.unwrap_or(lease.lease_seconds) as i64);
+            let cap = lease.leased_at + Duration::seconds(job.timeout_seconds as i64);
             JobEvent::Heartbeat {
                 lease_id: *lease_id,
-                expires_at: now + Duration::seconds(*extend_seconds as i64),
+                expires_at: wanted.min(cap),
                 progress: progress.clone(),
             }
         }
@@ -161,7 +175,7 @@ pub fn decide(
             lease_id,
             result,
         } => {
-            current_lease(job, worker_id, *lease_id)?;
+            current_lease(job, worker_id, *lease_id, now)?;
             if job.cancel_requested {
                 return Err(Rejection::LeaseLost);
             }
@@ -177,7 +191,7 @@ pub fn decide(
             retryable,
             retry_after_seconds,
         } => {
-            current_lease(job, worker_id, *lease_id)?;
+            current_lease(job, worker_id, *lease_id, now)?;
             if job.cancel_requested {
                 JobEvent::Cancelled {
                     reason: Some("cancel requested; the worker stopped".into()),

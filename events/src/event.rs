@@ -38,6 +38,7 @@ pub enum JobEvent {
     Leased {
         worker_id: String,
         expires_at: DateTime<Utc>,
+        lease_seconds: u32,
     },
     #[serde(rename = "JobHeartbeat")]
     Heartbeat {

@@ -74,6 +74,10 @@ pub struct Lease {
     pub worker_id: String,
     pub lease_id: u64,
     pub expires_at: DateTime<Utc>,
+    /// When the lease began: with the job's `timeout_seconds`, caps how long it can be extended.
+    pub leased_at: DateTime<Utc>,
+    /// The lease length asked for; a heartbeat without `extend_seconds` extends by this.
+    pub lease_seconds: u32,
 }
 
 /// One failed attempt.

@@ -121,3 +121,109 @@ pub fn sign_with(pem: &PathBuf, alg: Algorithm, claims: &Value) -> String {
     };
     jsonwebtoken::encode(&Header::new(alg), claims, &key).expect("sign")
 }
+
+/// TLS material for the worker listener, made once per test process with rcgen: a CA, the
+/// server's certificate (127.0.0.1, localhost), and client certificates on demand — from the
+/// CA, from another CA, or expired.
+pub struct Tls {
+    pub ca_pem: String,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+}
+
+static TLS: OnceLock<Tls> = OnceLock::new();
+
+fn ca(name: &str) -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let pem = params.self_signed(&key).expect("self-signed").pem();
+    (params, key, pem)
+}
+
+/// A worker certificate and key as one PEM (what `reqwest::Identity::from_pem` takes).
+fn client_pem(
+    name: &str,
+    issuer: &rcgen::CertificateParams,
+    issuer_key: &rcgen::KeyPair,
+    expired: bool,
+) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("spiffe://jobs.test/worker/{name}")
+            .try_into()
+            .expect("uri"),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let issuer = rcgen::Issuer::from_params(issuer, issuer_key);
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    format!("{}{}", cert.pem(), key.serialize_pem())
+}
+
+impl Tls {
+    pub fn get() -> &'static Tls {
+        TLS.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("jobs-tls-")
+                .tempdir()
+                .expect("tempdir")
+                .keep();
+            let (ca_params, ca_key, ca_pem) = ca("jobs test CA");
+            let mut server = rcgen::CertificateParams::new(vec![
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ])
+            .expect("params");
+            server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+            let server_key = rcgen::KeyPair::generate().expect("key");
+            let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+            let server_cert = server.signed_by(&server_key, &issuer).expect("server cert");
+            let tls = Tls {
+                ca: dir.join("ca.pem"),
+                server_cert: dir.join("server.pem"),
+                server_key: dir.join("server-key.pem"),
+                ca_pem: ca_pem.clone(),
+                ca_params,
+                ca_key,
+            };
+            std::fs::write(&tls.ca, &ca_pem).expect("write");
+            std::fs::write(&tls.server_cert, server_cert.pem()).expect("write");
+            std::fs::write(&tls.server_key, server_key.serialize_pem()).expect("write");
+            tls
+        })
+    }
+
+    /// A client certificate for worker `name` from the trusted CA.
+    pub fn worker_pem(&self, name: &str) -> String {
+        client_pem(name, &self.ca_params, &self.ca_key, false)
+    }
+
+    /// A client certificate from the trusted CA that expired in 2021.
+    pub fn expired_worker_pem(&self, name: &str) -> String {
+        client_pem(name, &self.ca_params, &self.ca_key, true)
+    }
+
+    /// A client certificate from a CA the service does not trust.
+    pub fn foreign_worker_pem(&self, name: &str) -> String {
+        let (p, k, _) = ca("some other CA");
+        client_pem(name, &p, &k, false)
+    }
+}

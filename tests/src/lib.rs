@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub use keys::Keys;
+pub use keys::{Keys, Tls};
 pub use procs::{Bin, Gateway, NatsServer, TestDb};
 
 /// Polls `f` until it returns `Some`, failing after `timeout`. For eventual consistency only.
@@ -69,8 +69,13 @@ fn log_args() -> LogArgs {
 }
 
 pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
+    let tls = Tls::get();
     command_svc::Config {
         command_addr: local(0),
+        worker_addr: local(0),
+        worker_tls_cert: Some(tls.server_cert.clone()),
+        worker_tls_key: Some(tls.server_key.clone()),
+        worker_client_ca: Some(tls.ca.clone()),
         max_payload_bytes: 256 * 1024,
         max_batch_body_bytes: 16 * 1024 * 1024,
         nats: nats_args(nats_url),
@@ -104,6 +109,8 @@ pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
 /// A service running in this process; stopped (gracefully) on drop or by `stop`.
 pub struct Running {
     pub port: u16,
+    /// The mTLS worker listener's port (command-svc only; else 0).
+    pub worker_port: u16,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -135,16 +142,34 @@ macro_rules! run_app {
     ($app:expr) => {{
         let app = $app;
         let port = app.port();
+        let worker_port = worker_port_of(&app);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
         Running {
             port,
+            worker_port,
             stop: Some(tx),
             task: Some(task),
         }
     }};
+}
+
+trait WorkerPort {
+    fn worker_port_of(&self) -> u16 {
+        0
+    }
+}
+impl WorkerPort for query_svc::Application {}
+impl WorkerPort for projector::Application {}
+impl WorkerPort for command_svc::Application {
+    fn worker_port_of(&self) -> u16 {
+        self.worker_port()
+    }
+}
+fn worker_port_of(app: &impl WorkerPort) -> u16 {
+    app.worker_port_of()
 }
 
 pub async fn start_command(nats_url: &str, keys: &Keys) -> anyhow::Result<Running> {
@@ -266,6 +291,11 @@ impl TestApp {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// A worker client with a certificate for `name` from the trusted CA.
+    pub fn worker(&self, name: &str) -> Worker {
+        Worker::new(self.command.worker_port, &Tls::get().worker_pem(name), name)
+    }
+
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.db.url)
             .await
@@ -299,4 +329,77 @@ pub fn workspace_root() -> std::path::PathBuf {
 pub async fn json(res: Response) -> anyhow::Result<Value> {
     let text = res.text().await?;
     serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+}
+
+/// A worker speaking the worker protocol over mTLS.
+#[derive(Clone)]
+pub struct Worker {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub name: String,
+}
+
+impl Worker {
+    /// A client presenting `identity_pem` (certificate and key) to the listener on `port`.
+    pub fn new(port: u16, identity_pem: &str, name: &str) -> Self {
+        let tls = Tls::get();
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()).expect("ca"),
+            )
+            .identity(reqwest::Identity::from_pem(identity_pem.as_bytes()).expect("identity"))
+            .build()
+            .expect("client");
+        Self {
+            http,
+            base: format!("https://127.0.0.1:{port}"),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn id(&self) -> String {
+        format!("spiffe://jobs.test/worker/{}", self.name)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Result<(u16, Value)> {
+        let res = self
+            .http
+            .post(format!("{}/jobs/v1/worker{path}", self.base))
+            .json(body)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Leases; returns the jobs (asserting 200).
+    pub async fn lease(&self, body: &Value) -> Vec<Value> {
+        let (status, v) = self.post("/lease", body).await.expect("lease sent");
+        assert_eq!(status, 200, "lease: {v}");
+        v["data"]["jobs"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn complete(&self, job: &Value) -> (u16, Value) {
+        let path = format!("/jobs/{}/complete", job["id"].as_str().expect("id"));
+        self.post(
+            &path,
+            &serde_json::json!({"lease_id": job["lease"]["lease_id"], "result": {"ok": true}}),
+        )
+        .await
+        .expect("sent")
+    }
+
+    pub async fn fail(&self, job: &Value, retryable: bool) -> (u16, Value) {
+        let path = format!("/jobs/{}/fail", job["id"].as_str().expect("id"));
+        let body = serde_json::json!({"lease_id": job["lease"]["lease_id"], "error": {"message": "boom", "code": "E_TEST"}, "retryable": retryable, "retry_after_seconds": 0});
+        self.post(&path, &body).await.expect("sent")
+    }
+
+    pub async fn heartbeat(&self, job: &Value, body: Value) -> (u16, Value) {
+        let path = format!("/jobs/{}/heartbeat", job["id"].as_str().expect("id"));
+        let mut b = body;
+        b["lease_id"] = job["lease"]["lease_id"].clone();
+        self.post(&path, &b).await.expect("sent")
+    }
 }

@@ -94,28 +94,54 @@ fn a_missing_or_bad_setting_stops_the_process_naming_it() {
 
 #[test]
 fn a_nats_server_older_than_2_12_is_refused() {
-    // This machine runs Debian's NATS 2.9 on 4222; where it does not, there is nothing to test.
-    if std::net::TcpStream::connect("127.0.0.1:4222").is_err() {
-        eprintln!("no NATS on 127.0.0.1:4222: skipped");
+    // Debian's nats-server package is 2.9; start one on a port of its own.
+    let old = std::path::Path::new("/usr/sbin/nats-server");
+    if !old.exists() {
+        eprintln!("no Debian nats-server 2.9 on this machine: skipped");
         return;
     }
+    let port = tests::procs::free_port();
+    let store = tempfile::tempdir().unwrap();
+    let mut server = Command::new(old)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server 2.9 did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let keys = tests::Keys::get();
-    let key = keys.rsa_public.to_str().unwrap();
+    let tls = tests::Tls::get();
+    let url = format!("nats://127.0.0.1:{port}");
     let (ok, text) = run(
         "command-svc",
         &[],
         &[
-            ("JOBS_JWT_PUBLIC_KEY", key),
-            ("JOBS_NATS_URL", "nats://127.0.0.1:4222"),
-            ("JOBS_NATS_CONNECT_WAIT_SECONDS", "2"),
+            ("JOBS_JWT_PUBLIC_KEY", keys.rsa_public.to_str().unwrap()),
+            ("JOBS_WORKER_TLS_CERT", tls.server_cert.to_str().unwrap()),
+            ("JOBS_WORKER_TLS_KEY", tls.server_key.to_str().unwrap()),
+            ("JOBS_WORKER_CLIENT_CA", tls.ca.to_str().unwrap()),
+            ("JOBS_COMMAND_ADDR", "127.0.0.1:0"),
+            ("JOBS_WORKER_ADDR", "127.0.0.1:0"),
+            ("JOBS_NATS_URL", &url),
+            ("JOBS_NATS_CONNECT_WAIT_SECONDS", "5"),
         ],
     );
-    if text.contains("connecting to NATS") {
-        eprintln!("NATS on 4222 did not answer: skipped");
-        return;
-    }
+    let _ = server.kill();
+    let _ = server.wait();
     assert!(!ok);
-    assert!(text.contains("older than 2.12"), "{text}");
+    let last = text.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("command-svc: JOBS_NATS_URL") && last.contains("older than 2.12"),
+        "{text}"
+    );
 }
 
 #[test]

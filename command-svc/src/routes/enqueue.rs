@@ -109,6 +109,11 @@ async fn enqueue(
         new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
     let traceparent = common::context::current().child_traceparent();
     let seq = state.store.append(&env, &traceparent, 0).await?;
+    // Into this instance's write model at once: a worker long-polling here is woken now.
+    state.engine.fold(&Recorded {
+        seq,
+        envelope: env.clone(),
+    });
     let job = folded(env, seq)?;
     let location = format!("/jobs/v1/jobs/{}", job.id);
     let mut res = with_seq(envelope(StatusCode::CREATED, &job), seq);
@@ -145,6 +150,12 @@ async fn enqueue_batch(
     let traceparent = common::context::current().child_traceparent();
     let seqs = state.store.append_new_jobs(&envs, &traceparent).await?;
     let last = *seqs.last().unwrap_or(&0);
+    for (env, seq) in envs.iter().zip(&seqs) {
+        state.engine.fold(&Recorded {
+            seq: *seq,
+            envelope: env.clone(),
+        });
+    }
     let jobs = envs
         .into_iter()
         .zip(seqs)

@@ -1,4 +1,5 @@
-//! `/readyz`: ready when NATS is connected and the stream answers.
+//! `/readyz`: ready when NATS is connected, the stream answers, and the write model has caught
+//! up with the stream.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -12,10 +13,13 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let problems = common::nats::check_ready(&s.client, &s.js)
+    let mut problems: Vec<String> = common::nats::check_ready(&s.client, &s.js)
         .await
         .err()
         .into_iter()
         .collect();
+    if !s.engine.is_caught_up() {
+        problems.push("write model: still catching up with the event store".into());
+    }
     common::health::readiness(problems)
 }

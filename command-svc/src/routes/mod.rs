@@ -1,7 +1,9 @@
-//! The public routes of command-svc; `router` merges them behind the route-to-roles table.
+//! The routes of command-svc: the public ones behind the route-to-roles table, and the worker
+//! protocol, which only the mTLS listener serves.
 
 mod enqueue;
 mod health;
+mod worker;
 
 use axum::Router;
 
@@ -14,6 +16,14 @@ pub fn router(state: AppState, config: &Config) -> Router {
     );
     Router::new()
         .merge(protected)
+        .merge(health::router())
+        .with_state(state)
+}
+
+/// The worker listener's routes (plus `/healthz`, `/readyz`).
+pub fn worker_router(state: AppState) -> Router {
+    Router::new()
+        .merge(worker::router())
         .merge(health::router())
         .with_state(state)
 }

@@ -179,6 +179,45 @@ fn an_expired_lease_counts_as_a_failed_attempt() {
 }
 
 #[test]
+fn a_heartbeat_extends_the_lease_but_never_past_the_timeout() {
+    let mut g = Given::new();
+    let req: EnqueueRequest =
+        serde_json::from_value(json!({"type": "t", "payload": {}, "timeout_seconds": 60})).unwrap();
+    g.when(&Command::Enqueue(req.validate(t0(), "").unwrap()), t0())
+        .unwrap();
+    g.when(
+        &Command::Lease {
+            worker_id: "w1".into(),
+            lease_seconds: 3600,
+        },
+        t0(),
+    )
+    .unwrap();
+    let lease = g.job().lease.clone().unwrap();
+    assert_eq!(
+        lease.expires_at,
+        t0() + Duration::seconds(60),
+        "a lease is capped by timeout_seconds"
+    );
+    let hb = |extend| Command::Heartbeat {
+        worker_id: "w1".into(),
+        lease_id: lease.lease_id,
+        progress: None,
+        extend_seconds: extend,
+    };
+    g.when(&hb(Some(30)), t0() + Duration::seconds(40)).unwrap();
+    assert_eq!(
+        g.job().lease.as_ref().unwrap().expires_at,
+        t0() + Duration::seconds(60)
+    );
+    assert_eq!(
+        g.when(&hb(None), t0() + Duration::seconds(61)),
+        Err(Rejection::LeaseLost),
+        "an expired lease is lost"
+    );
+}
+
+#[test]
 fn cancelling_a_leased_job_waits_for_the_worker() {
     let mut g = Given::new();
     g.when(&enqueue(3), t0()).unwrap();
@@ -217,7 +256,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             worker_id: w,
             lease_id: l,
             progress: Some(json!(l)),
-            extend_seconds: s
+            extend_seconds: Some(s)
         }),
         (worker.clone(), 0u64..40).prop_map(|(w, l)| Command::Complete {
             worker_id: w,
@@ -350,8 +389,6 @@ proptest! {
         let mut seq = 0;
         let mut now = t0();
         let id = Uuid::now_v7();
-        let template = Given::new();
-        drop(template);
         for (cmd, step, skip) in cmds {
             now += Duration::seconds(step);
             seq += skip;

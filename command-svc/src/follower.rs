@@ -1,0 +1,141 @@
+//! The follower: keeps the write model in step with `JOBS_EVENTS`. At start it replays the job
+//! events from the beginning (an ordered consumer, in stream order), then keeps following; on
+//! any interruption it resumes after the last sequence it folded in. The timer task moves jobs
+//! whose time has come into the ready index and expires leases that ran out.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use events::stream::{parse_job_subject, STREAM_NAME};
+use events::{Actor, Command, Envelope, Recorded};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::model::Due;
+
+pub async fn follow(engine: Arc<Engine>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match follow_once(&engine, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "following JOBS_EVENTS interrupted; resuming"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Result<()> {
+    let start = *engine.position.borrow() + 1;
+    let stream = engine
+        .js
+        .get_stream(STREAM_NAME)
+        .await
+        .context("getting JOBS_EVENTS")?;
+    let mut consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: "jobs.events.>".to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .context("creating the write model's consumer")?;
+    if consumer.info().await.context("consumer info")?.num_pending == 0 {
+        mark_caught_up(engine);
+    }
+    let mut messages = consumer.messages().await.context("following JOBS_EVENTS")?;
+    loop {
+        let next = tokio::select! {
+            m = messages.next() => m,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let msg = next
+            .context("the consumer ended")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
+        if parse_job_subject(&msg.subject).is_some() {
+            match Envelope::from_json(&msg.payload) {
+                Ok(envelope) => engine.fold(&Recorded { seq, envelope }),
+                Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
+            }
+        }
+        engine.position.send_if_modified(|p| {
+            let moved = seq > *p;
+            *p = (*p).max(seq);
+            moved
+        });
+        if pending == 0 {
+            mark_caught_up(engine);
+        }
+    }
+}
+
+fn mark_caught_up(engine: &Engine) {
+    if !engine.caught_up.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            position = *engine.position.borrow(),
+            jobs = engine.model().live_jobs(),
+            "write model caught up"
+        );
+        engine.ready.notify_waiters();
+    }
+}
+
+/// Makes scheduled jobs ready when due and expires leases that ran out.
+pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
+    loop {
+        let now = common::now();
+        let (made_ready, due, next) = engine.model().tick(now);
+        if made_ready > 0 {
+            engine.ready.notify_waiters();
+        }
+        for d in due {
+            let Due::LeaseExpired { job_id, lease_id } = d;
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let cmd = Command::ExpireLease { lease_id };
+                match engine
+                    .act(None, job_id, &cmd, &Actor::system("command-svc"))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(common::ApiError::LeaseLost | common::ApiError::InvalidState(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(%job_id, error = %e, "expiring a lease failed; will retry");
+                        engine
+                            .model()
+                            .rewatch(&job_id, common::now() + chrono::Duration::seconds(1));
+                        engine.timers.notify_one();
+                    }
+                }
+            });
+        }
+        engine.observe();
+        let sleep = next
+            .map(|at| (at - common::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = engine.timers.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The write model: the state of every job that is not finished, the ready index and the timer
+//! heap. Pure data, no I/O and no clock (callers pass `now`); the follower and the worker
+//! routes share it behind one mutex and never hold it across an await.
+//!
+//! Ready index, per job type: priority (high first), then within a priority a round-robin over
+//! tenants (so a tenant with 100,000 queued jobs cannot starve one with 5), then per tenant
+//! earliest `run_at`, then enqueue order. Invariant: a job is in at most one place — the ready
+//! index, the timer heap (waiting for `run_at` or watching its lease), or taken by a lease in
+//! flight — and `placed` says which.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+
+use chrono::{DateTime, Utc};
+use events::{apply, ApplyError, Job, Recorded, Status};
+use uuid::Uuid;
+
+/// FIFO key within one tenant at one priority.
+type Key = (DateTime<Utc>, DateTime<Utc>, Uuid);
+
+#[derive(Default)]
+struct Level {
+    rotation: VecDeque<Uuid>,
+    tenants: HashMap<Uuid, BTreeSet<Key>>,
+}
+
+#[derive(Default)]
+struct TypeIndex {
+    levels: BTreeMap<Reverse<u8>, Level>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Place {
+    Ready {
+        job_type: String,
+        priority: u8,
+        tenant: Uuid,
+        key: Key,
+    },
+    Waiting,
+    Taken,
+}
+
+/// What a timer that came due asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// A lease ran out: append `JobLeaseExpired` (or what `decide` says).
+    LeaseExpired { job_id: Uuid, lease_id: u64 },
+}
+
+#[derive(Default)]
+pub struct WriteModel {
+    jobs: HashMap<Uuid, Job>,
+    placed: HashMap<Uuid, Place>,
+    ready: HashMap<String, TypeIndex>,
+    timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
+    /// The last stream sequence this model reflects.
+    pub position: u64,
+}
+
+/// The outcome of folding one event in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Folded {
+    /// Applied; `ready` when the job is now leasable.
+    Applied { ready: bool },
+    /// Already reflected (applied locally before the stream delivered it).
+    Seen,
+    /// An event for a job this model does not hold (finished before, or unknown).
+    Unknown,
+}
+
+impl WriteModel {
+    pub fn job(&self, id: &Uuid) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    pub fn live_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Jobs ready now, per type (for metrics and `explain`).
+    pub fn ready_depth(&self) -> HashMap<String, usize> {
+        self.ready
+            .iter()
+            .map(|(t, idx)| {
+                (
+                    t.clone(),
+                    idx.levels
+                        .values()
+                        .flat_map(|l| l.tenants.values())
+                        .map(|s| s.len())
+                        .sum(),
+                )
+            })
+            .collect()
+    }
+
+    /// Folds a recorded event in and re-places the job.
+    pub fn fold(&mut self, rec: &Recorded, now: DateTime<Utc>) -> Result<Folded, ApplyError> {
+        let id = rec.envelope.job_id;
+        if let Some(j) = self.jobs.get(&id) {
+            if rec.seq <= j.last_event_seq {
+                return Ok(Folded::Seen);
+            }
+        } else if !matches!(rec.envelope.event, events::JobEvent::Enqueued { .. }) {
+            return Ok(Folded::Unknown);
+        }
+        let job = apply(self.jobs.get(&id), rec)?;
+        let ready = self.put(job, now);
+        Ok(Folded::Applied { ready })
+    }
+
+    /// Stores a job's new state and places it; returns whether it is ready now.
+    pub fn put(&mut self, job: Job, now: DateTime<Utc>) -> bool {
+        self.unplace(&job.id);
+        if job.status.is_terminal() {
+            self.jobs.remove(&job.id);
+            return false;
+        }
+        let id = job.id;
+        let ready = match job.status {
+            Status::Scheduled | Status::Pending if job.run_at <= now && !job.cancel_requested => {
+                self.place_ready(&job);
+                true
+            }
+            Status::Scheduled | Status::Pending => {
+                self.timers.push(Reverse((job.run_at, id)));
+                self.placed.insert(id, Place::Waiting);
+                false
+            }
+            Status::Leased => {
+                let until = job.lease.as_ref().map_or(now, |l| l.expires_at);
+                self.timers.push(Reverse((until, id)));
+                self.placed.insert(id, Place::Waiting);
+                false
+            }
+            _ => false,
+        };
+        self.jobs.insert(id, job);
+        ready
+    }
+
+    fn place_ready(&mut self, job: &Job) {
+        let key = (job.run_at, job.created_at, job.id);
+        let level = self
+            .ready
+            .entry(job.job_type.clone())
+            .or_default()
+            .levels
+            .entry(Reverse(job.priority))
+            .or_default();
+        let set = level.tenants.entry(job.tenant_id).or_default();
+        if set.is_empty() {
+            level.rotation.push_back(job.tenant_id);
+        }
+        set.insert(key);
+        self.placed.insert(
+            job.id,
+            Place::Ready {
+                job_type: job.job_type.clone(),
+                priority: job.priority,
+                tenant: job.tenant_id,
+                key,
+            },
+        );
+    }
+
+    fn unplace(&mut self, id: &Uuid) {
+        let Some(Place::Ready {
+            job_type,
+            priority,
+            tenant,
+            key,
+        }) = self.placed.remove(id)
+        else {
+            return;
+        };
+        let Some(idx) = self.ready.get_mut(&job_type) else {
+            return;
+        };
+        let Some(level) = idx.levels.get_mut(&Reverse(priority)) else {
+            return;
+        };
+        if let Some(set) = level.tenants.get_mut(&tenant) {
+            set.remove(&key);
+            if set.is_empty() {
+                level.tenants.remove(&tenant);
+                level.rotation.retain(|t| *t != tenant);
+            }
+        }
+        if level.tenants.is_empty() {
+            idx.levels.remove(&Reverse(priority));
+        }
+        if idx.levels.is_empty() {
+            self.ready.remove(&job_type);
+        }
+    }
+
+    /// Takes the next job to lease among `types` (and `queues`, when given): highest priority
+    /// first; at that priority the next tenant in the rotation; that tenant's oldest job. The
+    /// job leaves the index until `put` or `release` places it again.
+    pub fn take(&mut self, types: &[String], queues: Option<&[String]>) -> Option<Job> {
+        let accepts = |j: &Job| queues.is_none_or(|qs| qs.contains(&j.queue));
+        for priority in (0..=10u8).rev() {
+            for t in types {
+                let Some(level) = self
+                    .ready
+                    .get_mut(t)
+                    .and_then(|i| i.levels.get_mut(&Reverse(priority)))
+                else {
+                    continue;
+                };
+                for _ in 0..level.rotation.len() {
+                    let Some(tenant) = level.rotation.pop_front() else {
+                        break;
+                    };
+                    level.rotation.push_back(tenant);
+                    let found = level.tenants.get(&tenant).and_then(|set| {
+                        set.iter()
+                            .map(|k| k.2)
+                            .find(|id| self.jobs.get(id).is_some_and(accepts))
+                    });
+                    if let Some(id) = found {
+                        self.unplace(&id);
+                        self.placed.insert(id, Place::Taken);
+                        return self.jobs.get(&id).cloned();
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts a taken job back where its state says (its lease append failed).
+    pub fn release(&mut self, id: &Uuid, now: DateTime<Utc>) -> bool {
+        if self.placed.get(id) != Some(&Place::Taken) {
+            return false;
+        }
+        self.placed.remove(id);
+        match self.jobs.get(id).cloned() {
+            Some(job) => self.put(job, now),
+            None => false,
+        }
+    }
+
+    /// Moves every job whose time has come into the ready index, and reports the leases that
+    /// ran out. Returns (jobs made ready, leases due, the next deadline).
+    pub fn tick(&mut self, now: DateTime<Utc>) -> (usize, Vec<Due>, Option<DateTime<Utc>>) {
+        let mut made_ready = 0;
+        let mut due = Vec::new();
+        while let Some(Reverse((at, id))) = self.timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            if self.placed.get(&id) != Some(&Place::Waiting) {
+                continue;
+            }
+            match (&job.status, &job.lease) {
+                (Status::Leased, Some(l)) if l.expires_at <= now => {
+                    due.push(Due::LeaseExpired {
+                        job_id: id,
+                        lease_id: l.lease_id,
+                    });
+                }
+                (Status::Leased, Some(l)) => self.timers.push(Reverse((l.expires_at, id))),
+                (Status::Scheduled | Status::Pending, _)
+                    if job.run_at <= now && !job.cancel_requested =>
+                {
+                    let job = job.clone();
+                    self.place_ready(&job);
+                    made_ready += 1;
+                }
+                (Status::Scheduled | Status::Pending, _) if job.run_at > now => {
+                    self.timers.push(Reverse((job.run_at, id)));
+                }
+                _ => {}
+            }
+        }
+        let next = self.timers.peek().map(|Reverse((at, _))| *at);
+        (made_ready, due, next)
+    }
+
+    /// Re-arms the expiry watch of a leased job whose expiry append did not go through.
+    pub fn rewatch(&mut self, id: &Uuid, at: DateTime<Utc>) {
+        if self.jobs.contains_key(id) {
+            self.timers.push(Reverse((at, *id)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
