@@ -1,7 +1,9 @@
 //! jobsctl: the Jobs Service's command line for people.
 //!
 //! `jobsctl token` signs a development token with the key `deploy/up` generated, so a developer
-//! can call the API without an identity provider.
+//! can call the API without an identity provider; `jobsctl worker` is a reference worker.
+
+mod worker;
 
 use std::path::PathBuf;
 
@@ -22,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Print a signed bearer token (RS256 for an RSA key, ES256 for an EC P-256 key).
     Token(TokenArgs),
+    /// Run jobs: lease over mTLS, run a command per job, complete or fail by its exit status.
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,16 +92,15 @@ fn token(a: TokenArgs) -> anyhow::Result<String> {
     Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &key)?)
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Token(a) => token(a),
+        Cmd::Token(a) => token(a).map(|t| println!("{t}")),
+        Cmd::Worker(a) => worker::run(a).await,
     };
-    match result {
-        Ok(out) => println!("{out}"),
-        Err(e) => {
-            eprintln!("jobsctl: {e:#}");
-            std::process::exit(1);
-        }
+    if let Err(e) = result {
+        eprintln!("jobsctl: {e:#}");
+        std::process::exit(1);
     }
 }

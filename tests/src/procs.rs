@@ -203,10 +203,20 @@ pub struct Bin {
 impl Bin {
     /// Starts `name` with exactly `envs` (plus PATH), logging to a temp file.
     pub fn spawn(name: &str, envs: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::spawn_with_args(name, &[], envs)
+    }
+
+    /// As `spawn`, with command-line arguments.
+    pub fn spawn_with_args(
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("jobs-bin-").tempdir()?;
         let log = dir.path().join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(bin_path(name))
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")

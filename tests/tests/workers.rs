@@ -551,3 +551,65 @@ async fn killing_command_svc_mid_cycle_loses_and_repeats_nothing() {
         "every job completed"
     );
 }
+
+#[tokio::test]
+async fn the_reference_worker_runs_a_command_per_job() {
+    let app = TestApp::spawn().await;
+    let tls = Tls::get();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = tls.worker_pem("ref");
+    let split = pem.find("-----BEGIN PRIVATE KEY-----").unwrap();
+    let (cert, key) = (dir.path().join("w.pem"), dir.path().join("w-key.pem"));
+    std::fs::write(&cert, &pem[..split]).unwrap();
+    std::fs::write(&key, &pem[split..]).unwrap();
+    let (ok, _) = app
+        .enqueue(&json!({"type": "sh", "payload": {"word": "hello"}}))
+        .await;
+    let (bad, _) = app
+        .enqueue(&json!({"type": "sh", "payload": {"word": "fail"}, "max_attempts": 5}))
+        .await;
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let script = r#"read -r line; case "$line" in *fail*) echo "it failed" >&2; exit 100;; esac; echo "{\"echo\": $line}""#;
+    let _worker = Bin::spawn_with_args(
+        "jobsctl",
+        &[
+            "worker",
+            "--url",
+            &format!("https://127.0.0.1:{}", app.command.worker_port),
+            "--cert",
+            &path(&cert),
+            "--key",
+            &path(&key),
+            "--ca",
+            &path(&tls.ca),
+            "--types",
+            "sh",
+            "--exec",
+            script,
+            "--concurrency",
+            "2",
+        ],
+        &[],
+    )
+    .unwrap();
+    let done = eventually(
+        Duration::from_secs(20),
+        "the reference worker to finish both jobs",
+        || async {
+            let (_, a) = app
+                .get(&format!("/jobs/v1/jobs/{}", ok["id"].as_str().unwrap()), 0)
+                .await;
+            let (_, b) = app
+                .get(&format!("/jobs/v1/jobs/{}", bad["id"].as_str().unwrap()), 0)
+                .await;
+            (a["data"]["status"] == "completed" && b["data"]["status"] == "dead_lettered")
+                .then_some((a, b))
+        },
+    )
+    .await;
+    assert_eq!(done.0["data"]["result"], json!({"echo": {"word": "hello"}}));
+    let err = &done.1["data"]["last_error"];
+    assert_eq!(err["code"], "EXIT_100");
+    assert_eq!(err["message"], "it failed");
+    assert_eq!(done.1["data"]["attempts"], 1, "exit 100 is not retried");
+}
