@@ -103,19 +103,22 @@ impl Engine {
         self.caught_up.load(Ordering::Relaxed)
     }
 
-    /// Folds an event in (from the follower or after our own append).
-    pub fn fold(&self, rec: &Recorded) {
-        let folded = self.model().fold(rec, common::now());
-        match folded {
-            Ok(crate::model::Folded::Applied { ready }) => {
-                if ready {
+    /// Folds an event in (from the follower, or a new job from this instance).
+    pub fn fold(&self, rec: &Recorded) -> Option<crate::model::Folded> {
+        use crate::model::Folded;
+        match self.model().fold(rec, common::now()) {
+            Ok(f) => {
+                if f == (Folded::Applied { ready: true }) {
                     self.ready.notify_waiters();
                 }
-                self.timers.notify_one();
+                if matches!(f, Folded::Applied { .. }) {
+                    self.timers.notify_one();
+                }
+                Some(f)
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::error!(seq = rec.seq, error = %e, "the write model refused an event")
+                tracing::error!(seq = rec.seq, error = %e, "the write model refused an event");
+                None
             }
         }
     }
@@ -153,7 +156,7 @@ impl Engine {
 
     fn envelope(job: &Job, event: JobEvent, actor: &Actor, at: DateTime<Utc>) -> Envelope {
         Envelope {
-            event_id: Uuid::now_v7(),
+            event_id: crate::ids::next(),
             schema_version: SCHEMA_VERSION,
             tenant_id: job.tenant_id,
             job_id: job.id,
@@ -164,7 +167,7 @@ impl Engine {
     }
 
     /// Appends `events` for `job` one after the other, each conditional on the previous, and
-    /// folds them in. Returns the job's new state.
+    /// takes the result into the model at once. Returns the job's new state.
     async fn append(
         &self,
         job: &Job,
@@ -175,6 +178,7 @@ impl Engine {
         let traceparent = common::context::current().child_traceparent();
         let mut current = job.clone();
         for event in events {
+            let purge = matches!(event, JobEvent::Purged {});
             let env = Self::envelope(job, event, actor, at);
             let seq = self
                 .store
@@ -183,54 +187,151 @@ impl Engine {
             let rec = Recorded { seq, envelope: env };
             current = events::apply(Some(&current), &rec)
                 .map_err(|e| AppendError::Other(e.to_string()))?;
-            self.fold(&rec);
+            if purge {
+                self.model().forget(&job.id);
+            } else {
+                self.absorb(current.clone());
+            }
         }
         Ok(current)
     }
 
-    /// Runs a command against a live job: decide, append, and on a lost race catch up and
-    /// decide again. A job this instance does not hold is looked up once in the stream first
-    /// (another instance may have just leased it).
+    /// Takes a job's state into the model unless it already holds a later one.
+    pub fn absorb(&self, job: Job) {
+        let ready = self.model().offer(job, common::now());
+        if ready {
+            self.ready.notify_waiters();
+        }
+        self.timers.notify_one();
+    }
+
+    /// A job's state folded from its whole history in the stream; None when it has no events
+    /// or was purged.
+    pub async fn load(&self, tenant: Uuid, job_id: Uuid) -> Result<Option<Job>, ApiError> {
+        use futures::StreamExt;
+        let unavailable =
+            |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("event store: {e}"));
+        let stream = self
+            .js
+            .get_stream(STREAM_NAME)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: job_subject(tenant, job_id),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if consumer
+            .info()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .num_pending
+            == 0
+        {
+            return Ok(None);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+        let mut job: Option<Job> = None;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .map_err(|_| {
+                    ApiError::Unavailable("event store: reading a job's history timed out".into())
+                })?;
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| unavailable(&e))?;
+            let info = msg.info().map_err(|e| unavailable(&e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let envelope =
+                Envelope::from_json(&msg.payload).map_err(|e| ApiError::Internal(e.into()))?;
+            if matches!(envelope.event, JobEvent::Purged {}) {
+                return Ok(None);
+            }
+            job = Some(
+                events::apply(job.as_ref(), &Recorded { seq, envelope })
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("job {job_id}: {e}")))?,
+            );
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(job)
+    }
+
+    /// The job as this instance knows it, scoped to `tenant` when given (another tenant's job
+    /// is absent), loaded from the stream when the model does not hold it (a finished job).
+    async fn current(&self, tenant: Option<Uuid>, job_id: Uuid) -> Result<Option<Job>, ApiError> {
+        let held = self.model().job(&job_id).cloned();
+        match (held, tenant) {
+            (Some(j), Some(t)) if j.tenant_id != t => Ok(None),
+            (Some(j), _) => Ok(Some(j)),
+            (None, Some(t)) => self.load(t, job_id).await,
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Runs a command against a job: decide, append, and on a lost race catch up and decide
+    /// again. `if_match` is the version the caller expects (412 when the job moved on).
     pub async fn act(
         &self,
         tenant: Option<Uuid>,
         job_id: Uuid,
         cmd: &Command,
         actor: &Actor,
+        if_match: Option<u64>,
     ) -> Result<Job, ApiError> {
         let mut caught_up = false;
         for _ in 0..MAX_RETRIES {
             let now = common::now();
-            let current = self.model().job(&job_id).cloned();
+            let current = self.current(tenant, job_id).await?;
+            let stale = match (&current, if_match) {
+                (Some(j), Some(v)) => j.version != v,
+                _ => false,
+            };
             let decision = match &current {
+                _ if stale => Err(Rejection::InvalidState(events::Status::Pending)),
                 Some(job) => decide(Some(job), cmd, now).map(|e| (job.clone(), e)),
+                None if tenant.is_some() => Err(Rejection::NotFound),
                 None => Err(Rejection::LeaseLost),
             };
             let (job, events) = match decision {
                 Ok(d) => d,
-                Err(Rejection::LeaseLost | Rejection::NotFound) if !caught_up => {
+                // This instance may not have seen the latest events yet (a lease taken through
+                // another instance, a version the caller read elsewhere): catch up once.
+                Err(_)
+                    if (stale
+                        || current.is_none()
+                        || matches!(
+                            cmd,
+                            Command::Heartbeat { .. }
+                                | Command::Complete { .. }
+                                | Command::Fail { .. }
+                        ))
+                        && !caught_up =>
+                {
                     caught_up = true;
-                    let tenant = current.as_ref().map(|j| j.tenant_id).or(tenant);
-                    match tenant {
+                    match current.as_ref().map(|j| j.tenant_id).or(tenant) {
                         Some(t) => self.catch_up(t, job_id).await?,
                         None => {
-                            // A worker does not know the job's tenant: give the follower a
-                            // moment to catch up with the stream's end instead.
                             let end = self.stream_end().await?;
                             self.wait_for(end).await;
                         }
                     }
                     continue;
                 }
+                Err(_) if stale => {
+                    return Err(ApiError::PreconditionFailed(
+                        current.map_or(0, |j| j.version),
+                    ));
+                }
                 Err(r) => return Err(r.into()),
             };
             if events.is_empty() {
                 return Ok(job);
             }
-            let expiry = matches!(
-                events.first(),
-                Some(JobEvent::LeaseExpired { .. } | JobEvent::DeadLettered { .. })
-            ) && matches!(cmd, Command::ExpireLease { .. });
+            let expiry = matches!(cmd, Command::ExpireLease { .. });
             match self.append(&job, events, actor, now).await {
                 Ok(job) => {
                     if expiry {
@@ -246,6 +347,17 @@ impl Engine {
             }
         }
         Err(ApiError::InvalidState("changing too fast; retry".into()))
+    }
+
+    /// Waits until the model reflects everything in the stream as of now.
+    pub async fn catch_up_all(&self) -> Result<(), ApiError> {
+        let end = self.stream_end().await?;
+        if !self.wait_for(end).await {
+            return Err(ApiError::Unavailable(
+                "the write model is behind the event store".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn stream_end(&self) -> Result<u64, ApiError> {

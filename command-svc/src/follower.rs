@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
-use crate::model::Due;
+use crate::model::{Due, Folded};
 
 pub async fn follow(engine: Arc<Engine>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
@@ -72,7 +72,21 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
         let (seq, pending) = (info.stream_sequence, info.pending);
         if parse_job_subject(&msg.subject).is_some() {
             match Envelope::from_json(&msg.payload) {
-                Ok(envelope) => engine.fold(&Recorded { seq, envelope }),
+                Ok(envelope) => {
+                    let (tenant, job) = (envelope.tenant_id, envelope.job_id);
+                    let requeued = matches!(envelope.event, events::JobEvent::Requeued { .. });
+                    if engine.fold(&Recorded { seq, envelope }) == Some(Folded::Unknown) && requeued
+                    {
+                        // A finished job came back (retry, redrive): its history is in the stream.
+                        match engine.load(tenant, job).await {
+                            Ok(Some(state)) => engine.absorb(state),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(%job, error = %e, "loading a requeued job failed")
+                            }
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
             }
         }
@@ -112,7 +126,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
             tokio::spawn(async move {
                 let cmd = Command::ExpireLease { lease_id };
                 match engine
-                    .act(None, job_id, &cmd, &Actor::system("command-svc"))
+                    .act(None, job_id, &cmd, &Actor::system("command-svc"), None)
                     .await
                 {
                     Ok(_) => {}

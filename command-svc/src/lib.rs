@@ -5,6 +5,8 @@
 pub mod config;
 pub mod engine;
 pub mod follower;
+pub mod idempotency;
+pub mod ids;
 pub mod model;
 pub mod routes;
 pub mod startup;

@@ -105,16 +105,53 @@ impl WriteModel {
         } else if !matches!(rec.envelope.event, events::JobEvent::Enqueued { .. }) {
             return Ok(Folded::Unknown);
         }
+        if matches!(rec.envelope.event, events::JobEvent::Purged {}) {
+            self.forget(&id);
+            return Ok(Folded::Applied { ready: false });
+        }
         let job = apply(self.jobs.get(&id), rec)?;
         let ready = self.put(job, now);
         Ok(Folded::Applied { ready })
     }
 
-    /// Stores a job's new state and places it; returns whether it is ready now.
+    /// Stores a job's state unless the model already holds the same or a later one (by its
+    /// last event sequence); returns whether it is ready now.
+    pub fn offer(&mut self, job: Job, now: DateTime<Utc>) -> bool {
+        if self
+            .jobs
+            .get(&job.id)
+            .is_some_and(|j| j.last_event_seq >= job.last_event_seq)
+        {
+            return false;
+        }
+        self.put(job, now)
+    }
+
+    /// Forgets a job (purged).
+    pub fn forget(&mut self, id: &Uuid) {
+        self.unplace(id);
+        self.placed.remove(id);
+        self.jobs.remove(id);
+    }
+
+    /// The dead-lettered jobs of a tenant.
+    pub fn dead_lettered(&self, tenant: Uuid) -> impl Iterator<Item = &Job> {
+        self.jobs
+            .values()
+            .filter(move |j| j.tenant_id == tenant && j.status == Status::DeadLettered)
+    }
+
+    /// Stores a job's new state and places it; returns whether it is ready now. Completed and
+    /// cancelled jobs leave the model; dead-lettered ones stay (unplaced) for redrives.
     pub fn put(&mut self, job: Job, now: DateTime<Utc>) -> bool {
         self.unplace(&job.id);
         if job.status.is_terminal() {
-            self.jobs.remove(&job.id);
+            self.placed.remove(&job.id);
+            if job.status == Status::DeadLettered {
+                self.jobs.insert(job.id, job);
+            } else {
+                self.jobs.remove(&job.id);
+            }
             return false;
         }
         let id = job.id;

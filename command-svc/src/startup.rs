@@ -23,7 +23,10 @@ pub struct AppState {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub verifier: Arc<JwtVerifier>,
+    pub idempotency: async_nats::jetstream::kv::Store,
     pub max_payload_bytes: usize,
+    /// The largest body any public route accepts (what idempotency buffers at most).
+    pub max_body_bytes: usize,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -63,6 +66,7 @@ impl Application {
             .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
         common::nats::ensure_stream(&js).await?;
+        let idempotency = crate::idempotency::bucket(&js).await?;
         let metrics = Metrics::new();
         let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
         let engine = Engine::new(store.clone(), js.clone(), EngineMetrics::new(&metrics));
@@ -72,7 +76,11 @@ impl Application {
             client,
             js,
             verifier,
+            idempotency,
             max_payload_bytes: config.max_payload_bytes,
+            max_body_bytes: config
+                .max_batch_body_bytes
+                .max(config.max_payload_bytes + 64 * 1024),
         };
         let router =
             common::server::finish(routes::router(state.clone(), &config), metrics.clone());

@@ -195,6 +195,7 @@ impl EventStore {
                 Ok((first..=ack.sequence).collect())
             }
             Err(e) => Err(match e.kind() {
+                _ if e.to_string().contains("wrong last sequence") => AppendError::Conflict,
                 BatchPublishErrorKind::Request | BatchPublishErrorKind::Publish => {
                     AppendError::Unavailable(e.to_string())
                 }

@@ -41,6 +41,12 @@ pub enum ApiError {
     /// 409 LEASE_LOST
     #[error("the lease expired, was cancelled, or belongs to another worker")]
     LeaseLost,
+    /// 409 IDEMPOTENCY_IN_PROGRESS
+    #[error("a request with this Idempotency-Key is still in flight")]
+    IdempotencyInProgress,
+    /// 422 IDEMPOTENCY_KEY_REUSED
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
     /// 412 PRECONDITION_FAILED
     #[error("the job has moved on: its version is {0}")]
     PreconditionFailed(u64),
@@ -77,6 +83,10 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::InvalidState(_) => (StatusCode::CONFLICT, "INVALID_STATE"),
             Self::LeaseLost => (StatusCode::CONFLICT, "LEASE_LOST"),
+            Self::IdempotencyInProgress => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_PROGRESS"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED")
+            }
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             Self::UnsupportedMediaType => {

@@ -105,3 +105,48 @@ where
             })
     }
 }
+
+/// `OptionalJson<T>`: like [`ApiJson`], but an empty body (no content) means `T::default()`,
+/// for commands whose body is optional (cancel, retry).
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        if !has_type {
+            let bytes = Bytes::from_request(req, state)
+                .await
+                .map_err(|e| ApiError::validation("body", e.body_text()))?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(OptionalJson(T::default()));
+            }
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|ApiJson(v)| OptionalJson(v))
+    }
+}
+
+/// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*` (or no header) asks
+/// for none. Anything else is a 400.
+pub fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    s.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::validation("If-Match", "must be the job's version, e.g. \"3\""))
+}

@@ -54,7 +54,11 @@ pub enum Command {
         reason: Option<String>,
     },
     Update(UpdateSpec),
+    /// Back to pending from dead_lettered, cancelled or completed.
     Retry,
+    /// Back to pending from the dead-letter queue only.
+    Redrive,
+    /// Out of every read model (from the dead-letter queue only); the events stay.
     Purge,
 }
 
@@ -270,12 +274,16 @@ pub fn decide(
             },
             s => return Err(Rejection::InvalidState(s)),
         },
-        Command::Purge => {
-            if !status.is_terminal() {
-                return Err(Rejection::InvalidState(status));
-            }
-            JobEvent::Purged {}
-        }
+        Command::Redrive => match status {
+            Status::DeadLettered => JobEvent::Requeued {
+                reason: Some("redrive".into()),
+            },
+            s => return Err(Rejection::InvalidState(s)),
+        },
+        Command::Purge => match status {
+            Status::DeadLettered => JobEvent::Purged {},
+            s => return Err(Rejection::InvalidState(s)),
+        },
     };
     Ok(vec![event])
 }

@@ -282,3 +282,47 @@ mod tests {
         assert!(r.is_err());
     }
 }
+
+/// The body of `PATCH /jobs/v1/jobs/{id}`: any of these fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub payload: Option<Value>,
+    #[serde(default)]
+    pub max_attempts: Option<i64>,
+    #[serde(default)]
+    pub queue: Option<String>,
+}
+
+impl UpdateRequest {
+    pub fn validate(self) -> Result<crate::decide::UpdateSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let priority = self
+            .priority
+            .map(|p| check_priority("priority", p, &mut errors));
+        let max_attempts = self
+            .max_attempts
+            .map(|m| check_max_attempts("max_attempts", m, &mut errors));
+        if let Some(q) = &self.queue {
+            check_name("queue", q, &mut errors);
+        }
+        if self.payload.as_ref().is_some_and(Value::is_null) {
+            errors.push(FieldError::new("payload", "must not be null"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(crate::decide::UpdateSpec {
+            priority,
+            run_at: self.run_at,
+            payload: self.payload,
+            max_attempts,
+            queue: self.queue,
+        })
+    }
+}

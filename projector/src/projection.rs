@@ -149,6 +149,33 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
         }
     }
 
+    // The last lease per job type, for `explain`.
+    let mut activity: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();
+    for rec in &history {
+        if let JobEvent::Leased { worker_id, .. } = &rec.envelope.event {
+            if let Some(job) = state.get(&rec.envelope.job_id) {
+                activity.insert(job.job_type.clone(), (rec.envelope.at, worker_id.clone()));
+            }
+        }
+    }
+    if !activity.is_empty() {
+        let (types, rest): (Vec<String>, Vec<(DateTime<Utc>, String)>) =
+            activity.into_iter().unzip();
+        let (at, worker): (Vec<DateTime<Utc>>, Vec<String>) = rest.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO job_type_activity (type, last_leased_at, last_worker_id)
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[])
+             ON CONFLICT (type) DO UPDATE SET last_leased_at = GREATEST(job_type_activity.last_leased_at, EXCLUDED.last_leased_at),
+                 last_worker_id = EXCLUDED.last_worker_id",
+        )
+        .bind(&types)
+        .bind(&at)
+        .bind(&worker)
+        .execute(&mut *tx)
+        .await
+        .context("recording job type activity")?;
+    }
+
     let mut rows = Rows::default();
     for id in &changed {
         rows.push(&state[id]);

@@ -17,10 +17,10 @@ use events::validate::{EnqueueRequest, EnqueueSpec, FieldError};
 use events::{apply, decide, Actor, Command, Envelope, Job, Recorded, SCHEMA_VERSION};
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::config::Config;
 use crate::startup::AppState;
+use crate::store::AppendError;
 
 pub const MAX_BATCH: usize = 500;
 
@@ -65,10 +65,10 @@ fn new_job(
         other => vec![FieldError::new("body", other.to_string())],
     })?;
     Ok(Envelope {
-        event_id: Uuid::now_v7(),
+        event_id: crate::ids::next(),
         schema_version: SCHEMA_VERSION,
         tenant_id: user.tenant_id(),
-        job_id: Uuid::now_v7(),
+        job_id: crate::ids::next(),
         at: now,
         actor: Actor::user(user.actor_id()),
         event: events.remove(0),
@@ -108,19 +108,36 @@ async fn enqueue(
     let env =
         new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
     let traceparent = common::context::current().child_traceparent();
-    let seq = state.store.append(&env, &traceparent, 0).await?;
+    let seq = match state.store.append(&env, &traceparent, 0).await {
+        Ok(seq) => seq,
+        // The job's subject is taken: this is the re-run of an idempotent request whose first
+        // run appended (the ids derive from the key). Answer with the job it created.
+        Err(AppendError::Conflict) => {
+            let job = state
+                .engine
+                .load(env.tenant_id, env.job_id)
+                .await?
+                .ok_or_else(|| ApiError::InvalidState("changed concurrently; retry".into()))?;
+            return Ok(created(&job));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Into this instance's write model at once: a worker long-polling here is woken now.
     state.engine.fold(&Recorded {
         seq,
         envelope: env.clone(),
     });
     let job = folded(env, seq)?;
+    Ok(created(&job))
+}
+
+fn created(job: &Job) -> Response {
     let location = format!("/jobs/v1/jobs/{}", job.id);
-    let mut res = with_seq(envelope(StatusCode::CREATED, &job), seq);
+    let mut res = with_seq(envelope(StatusCode::CREATED, job), job.last_event_seq);
     if let Ok(v) = HeaderValue::from_str(&location) {
         res.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(res)
+    res
 }
 
 async fn enqueue_batch(
@@ -148,7 +165,27 @@ async fn enqueue_batch(
         return Err(reject(errors, state.max_payload_bytes));
     }
     let traceparent = common::context::current().child_traceparent();
-    let seqs = state.store.append_new_jobs(&envs, &traceparent).await?;
+    let seqs = match state.store.append_new_jobs(&envs, &traceparent).await {
+        Ok(seqs) => seqs,
+        // As for one job: the re-run of an idempotent batch whose first run was stored.
+        Err(AppendError::Conflict) => {
+            let mut jobs = Vec::with_capacity(envs.len());
+            for env in &envs {
+                match state.engine.load(env.tenant_id, env.job_id).await? {
+                    Some(j) => jobs.push(j),
+                    None => {
+                        return Err(ApiError::InvalidState("changed concurrently; retry".into()))
+                    }
+                }
+            }
+            let last = jobs.iter().map(|j| j.last_event_seq).max().unwrap_or(0);
+            return Ok(with_seq(
+                envelope(StatusCode::CREATED, json!({ "jobs": jobs })),
+                last,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let last = *seqs.last().unwrap_or(&0);
     for (env, seq) in envs.iter().zip(&seqs) {
         state.engine.fold(&Recorded {

@@ -1,8 +1,10 @@
 //! The routes of command-svc: the public ones behind the route-to-roles table, and the worker
 //! protocol, which only the mTLS listener serves.
 
+mod dlq;
 mod enqueue;
 mod health;
+mod jobs;
 mod worker;
 
 use axum::Router;
@@ -11,9 +13,19 @@ use crate::config::Config;
 use crate::startup::AppState;
 
 pub fn router(state: AppState, config: &Config) -> Router {
-    let protected = Router::new().merge(enqueue::router(config)).route_layer(
-        axum::middleware::from_fn_with_state(state.verifier.clone(), common::auth::authorize),
-    );
+    // Layers run outside-in: authentication (and the roles table), then idempotency keys.
+    let protected = Router::new()
+        .merge(enqueue::router(config))
+        .merge(jobs::router())
+        .merge(dlq::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::idempotency::layer,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.verifier.clone(),
+            common::auth::authorize,
+        ));
     Router::new()
         .merge(protected)
         .merge(health::router())

@@ -153,7 +153,7 @@ async fn heartbeat(
     };
     let job = state
         .engine
-        .act(None, id, &cmd, &Actor::worker(&worker.0))
+        .act(None, id, &cmd, &Actor::worker(&worker.0), None)
         .await?;
     let expires_at = job.lease.as_ref().map(|l| l.expires_at);
     Ok(envelope(
@@ -185,7 +185,7 @@ async fn complete(
     };
     let job = state
         .engine
-        .act(None, id, &cmd, &Actor::worker(&worker.0))
+        .act(None, id, &cmd, &Actor::worker(&worker.0), None)
         .await?;
     Ok(envelope(StatusCode::OK, job))
 }
@@ -242,7 +242,7 @@ async fn fail(
     };
     let job = state
         .engine
-        .act(None, id, &cmd, &Actor::worker(&worker.0))
+        .act(None, id, &cmd, &Actor::worker(&worker.0), None)
         .await?;
     Ok(envelope(StatusCode::OK, job))
 }

@@ -55,11 +55,11 @@ fn render(mut doc: Value, status: &str, run_at: DateTime<Utc>, now: DateTime<Utc
     doc
 }
 
-fn parse_id(id: &str) -> ApiResult<Uuid> {
+pub fn parse_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found())
 }
 
-fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
+pub fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64> {
     match limit {
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),

@@ -1,5 +1,7 @@
 //! The public routes of query-svc; `router` merges them behind the route-to-roles table.
 
+mod dlq;
+mod explain;
 mod health;
 mod jobs;
 
@@ -8,13 +10,14 @@ use axum::Router;
 use crate::startup::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let protected =
-        Router::new()
-            .merge(jobs::router())
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.verifier.clone(),
-                common::auth::authorize,
-            ));
+    let protected = Router::new()
+        .merge(jobs::router())
+        .merge(dlq::router())
+        .merge(explain::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.verifier.clone(),
+            common::auth::authorize,
+        ));
     Router::new()
         .merge(protected)
         .merge(health::router())

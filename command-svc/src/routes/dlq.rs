@@ -1,0 +1,168 @@
+//! The dead-letter queue's write side: retry one job, redrive many (with a dry run), purge.
+//! Each job is requeued exactly once: every requeue is a conditional append, so a retried
+//! request or two overlapping redrives find the job no longer dead-lettered.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use common::auth::AuthUser;
+use common::error::envelope;
+use common::json::{ApiJson, OptionalJson};
+use common::{ApiError, ApiResult};
+use events::validate::{check_name, FieldError};
+use events::{Actor, Command, Job};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::routes::jobs::{run, EmptyBody};
+use crate::startup::AppState;
+
+pub const MAX_IDS: usize = 1000;
+const SAMPLE: usize = 10;
+const CONCURRENCY: usize = 32;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/jobs/v1/dlq/retry", post(redrive))
+        .route("/jobs/v1/dlq/{id}/retry", post(retry_one))
+        .route("/jobs/v1/dlq/{id}", delete(purge))
+}
+
+async fn retry_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    OptionalJson(_): OptionalJson<EmptyBody>,
+) -> ApiResult<Response> {
+    run(&state, &user, &id, &headers, Command::Redrive).await
+}
+
+async fn purge(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let res = run(&state, &user, &id, &headers, Command::Purge).await?;
+    let seq = res.headers().get("x-event-seq").cloned();
+    let mut out = envelope(StatusCode::OK, json!({ "id": id, "purged": true }));
+    if let Some(seq) = seq {
+        out.headers_mut().insert("x-event-seq", seq);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    #[serde(default, rename = "type")]
+    job_type: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    error_code: Option<String>,
+    #[serde(default)]
+    dead_lettered_after: Option<DateTime<Utc>>,
+    #[serde(default)]
+    dead_lettered_before: Option<DateTime<Utc>>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl RedriveRequest {
+    fn matches(&self, j: &Job) -> bool {
+        self.job_type.as_ref().is_none_or(|t| *t == j.job_type)
+            && self.queue.as_ref().is_none_or(|q| *q == j.queue)
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&j.id))
+            && self
+                .error_code
+                .as_ref()
+                .is_none_or(|c| j.last_error.as_ref().and_then(|e| e.code.as_ref()) == Some(c))
+            && self
+                .dead_lettered_after
+                .is_none_or(|t| j.dead_lettered_at.is_some_and(|d| d > t))
+            && self
+                .dead_lettered_before
+                .is_none_or(|t| j.dead_lettered_at.is_some_and(|d| d < t))
+    }
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<RedriveRequest>,
+) -> ApiResult<Response> {
+    let mut errors = Vec::new();
+    if let Some(t) = &req.job_type {
+        check_name("type", t, &mut errors);
+    }
+    if let Some(q) = &req.queue {
+        check_name("queue", q, &mut errors);
+    }
+    if let Some(c) = &req.error_code {
+        check_name("error_code", c, &mut errors);
+    }
+    if req
+        .ids
+        .as_ref()
+        .is_some_and(|ids| ids.is_empty() || ids.len() > MAX_IDS)
+    {
+        errors.push(FieldError::new(
+            "ids",
+            format!("must hold 1 to {MAX_IDS} ids when given"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    // Everything dead-lettered until now must be in this instance's model.
+    state.engine.catch_up_all().await?;
+    let tenant = user.tenant_id();
+    let mut candidates: Vec<Job> = state
+        .engine
+        .model()
+        .dead_lettered(tenant)
+        .filter(|j| req.matches(j))
+        .cloned()
+        .collect();
+    candidates.sort_by_key(|j| (j.dead_lettered_at, j.id));
+    if req.dry_run {
+        let sample: Vec<&Job> = candidates.iter().take(SAMPLE).collect();
+        return Ok(envelope(
+            StatusCode::OK,
+            json!({ "would_requeue": candidates.len(), "sample": sample }),
+        ));
+    }
+    let actor = Actor::user(user.actor_id());
+    let engine = state.engine.clone();
+    let outcomes: Vec<Result<Job, ApiError>> = futures::stream::iter(candidates)
+        .map(|j| {
+            let (engine, actor) = (engine.clone(), actor.clone());
+            async move {
+                engine
+                    .act(Some(tenant), j.id, &Command::Redrive, &actor, None)
+                    .await
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut requeued = 0;
+    for o in outcomes {
+        match o {
+            Ok(_) => requeued += 1,
+            // Requeued (or purged) by someone else meanwhile: not ours to count.
+            Err(ApiError::InvalidState(_) | ApiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(envelope(StatusCode::OK, json!({ "requeued": requeued })))
+}

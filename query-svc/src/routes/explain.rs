@@ -1,0 +1,138 @@
+//! `GET /jobs/v1/jobs/{id}/explain`: why a job is not running (yet), from the read model — its
+//! schedule, how many of the tenant's jobs are ahead of it, whether any worker has leased its
+//! type lately. Counts only ever cover the caller's own jobs.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Duration, Utc};
+use common::auth::AuthUser;
+use common::error::envelope;
+use common::{ApiError, ApiResult};
+use events::{Job, Status};
+use serde_json::{json, Value};
+
+use crate::freshness::{stamp, wait_for};
+use crate::routes::jobs::{db_error, parse_id};
+use crate::startup::AppState;
+
+/// A type with no lease for this long counts as having no worker.
+pub const WORKER_SILENCE: Duration = Duration::minutes(5);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/jobs/v1/jobs/{id}/explain", get(explain))
+}
+
+fn reason(code: &str, message: String, details: Value) -> Value {
+    json!({ "code": code, "message": message, "details": details })
+}
+
+async fn explain(
+    State(s): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let seq = wait_for(&s.projection, &headers).await?;
+    let doc: Value = sqlx::query_scalar("SELECT doc FROM jobs WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(user.tenant_id())
+        .fetch_optional(&s.pool)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(ApiError::not_found)?;
+    let job: Job = serde_json::from_value(doc).map_err(|e| ApiError::Internal(e.into()))?;
+    let now = Utc::now();
+    let status = job.status_at(now);
+    let mut reasons = Vec::new();
+    match status {
+        Status::Completed | Status::Cancelled => reasons.push(reason(
+            "FINISHED",
+            format!("the job is {}; it runs again only if retried", status.as_str()),
+            json!({ "status": status }),
+        )),
+        Status::DeadLettered => reasons.push(reason(
+            "DEAD_LETTERED",
+            "the job failed for good and waits in the dead-letter queue; retry or redrive it".into(),
+            json!({ "attempts": job.attempts, "max_attempts": job.max_attempts, "last_error": job.last_error }),
+        )),
+        Status::Leased => {
+            let lease = job.lease.as_ref();
+            reasons.push(reason(
+                "RUNNING",
+                "a worker holds the job now".into(),
+                json!({ "worker_id": lease.map(|l| &l.worker_id), "expires_at": lease.map(|l| l.expires_at) }),
+            ));
+            if job.cancel_requested {
+                reasons.push(reason(
+                    "CANCEL_REQUESTED",
+                    "a cancel was requested; the job ends cancelled when the worker stops or its lease ends".into(),
+                    json!({}),
+                ));
+            }
+        }
+        Status::Scheduled => {
+            let (code, message) = if job.attempts > 0 {
+                ("RETRY_BACKOFF", "a failed attempt waits for its retry backoff")
+            } else {
+                ("SCHEDULED", "the job's run_at is in the future")
+            };
+            reasons.push(reason(
+                code,
+                message.into(),
+                json!({ "run_at": job.run_at, "seconds_until": (job.run_at - now).num_seconds().max(0) }),
+            ));
+        }
+        Status::Pending => {
+            let (ahead, higher): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(*) FILTER (WHERE priority > $4) FROM jobs
+                 WHERE tenant_id = $1 AND type = $2 AND id <> $3
+                   AND (status = 'pending' OR (status = 'scheduled' AND run_at <= $7))
+                   AND (priority > $4 OR (priority = $4 AND (run_at, created_at, id) < ($5, $6, $3)))",
+            )
+            .bind(user.tenant_id())
+            .bind(&job.job_type)
+            .bind(job.id)
+            .bind(job.priority as i16)
+            .bind(job.run_at)
+            .bind(job.created_at)
+            .bind(now)
+            .fetch_one(&s.pool)
+            .await
+            .map_err(db_error)?;
+            if ahead > 0 {
+                reasons.push(reason(
+                    "JOBS_AHEAD",
+                    format!("{ahead} of your {} jobs are ahead of it", job.job_type),
+                    json!({ "jobs_ahead": ahead, "higher_priority": higher }),
+                ));
+            }
+            let last: Option<(DateTime<Utc>,)> = sqlx::query_as("SELECT last_leased_at FROM job_type_activity WHERE type = $1")
+                .bind(&job.job_type)
+                .fetch_optional(&s.pool)
+                .await
+                .map_err(db_error)?;
+            let last = last.map(|(t,)| t);
+            if last.is_none_or(|t| now - t > WORKER_SILENCE) {
+                reasons.push(reason(
+                    "NO_WORKER_SEEN",
+                    format!("no worker has leased a {} job in the last {} minutes", job.job_type, WORKER_SILENCE.num_minutes()),
+                    json!({ "type": job.job_type, "last_leased_at": last }),
+                ));
+            }
+            if reasons.is_empty() {
+                reasons.push(reason("READY", "the job is next in line for a worker".into(), json!({})));
+            }
+        }
+    }
+    Ok(stamp(
+        envelope(
+            StatusCode::OK,
+            json!({ "status": status, "reasons": reasons }),
+        ),
+        seq,
+    ))
+}
