@@ -194,12 +194,12 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             }
             j.cancel_requested = true;
         }
-        JobEvent::Cancelled { .. } => {
-            if !matches!(
-                j.status,
-                Status::Scheduled | Status::Pending | Status::Leased
-            ) {
+        JobEvent::Cancelled { error, .. } => {
+            if !matches!(j.status, Status::Scheduled | Status::Pending | Status::Leased) {
                 return Err(reject(ev, job, "a finished job cannot be cancelled"));
+            }
+            if let Some(e) = error {
+                record_error(&mut j, at, worker, &e.message, e.code.as_deref());
             }
             j.status = Status::Cancelled;
             j.lease = None;

@@ -199,6 +199,7 @@ pub fn decide(
             if job.cancel_requested {
                 JobEvent::Cancelled {
                     reason: Some("cancel requested; the worker stopped".into()),
+                    error: Some(error.clone()),
                 }
             } else if !retryable || job.attempts >= job.max_attempts {
                 JobEvent::DeadLettered {
@@ -226,6 +227,10 @@ pub fn decide(
                 Some(l) if l.expires_at > now => return Err(Rejection::InvalidState(status)),
                 Some(_) if job.cancel_requested => JobEvent::Cancelled {
                     reason: Some("cancel requested; the lease ended".into()),
+                    error: Some(ErrorInfo {
+                        message: "lease expired".into(),
+                        code: Some("LEASE_EXPIRED".into()),
+                    }),
                 },
                 Some(_) if job.attempts >= job.max_attempts => JobEvent::DeadLettered {
                     lease_id: Some(*lease_id),
@@ -243,6 +248,7 @@ pub fn decide(
         Command::Cancel { reason } => match status {
             Status::Scheduled | Status::Pending => JobEvent::Cancelled {
                 reason: reason.clone(),
+                error: None,
             },
             Status::Leased if job.cancel_requested => return Ok(vec![]),
             Status::Leased => JobEvent::CancelRequested {

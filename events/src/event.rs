@@ -78,10 +78,13 @@ pub enum JobEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Cancelled; when a worker held it, `error` records how its attempt ended.
     #[serde(rename = "JobCancelled")]
     Cancelled {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorInfo>,
     },
     #[serde(rename = "JobUpdated")]
     Updated {

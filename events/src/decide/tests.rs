@@ -450,6 +450,7 @@ fn the_wire_form_is_the_documented_one() {
         actor: Actor::user("u1"),
         event: JobEvent::Cancelled {
             reason: Some("no longer needed".into()),
+            error: None,
         },
     };
     let v: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
