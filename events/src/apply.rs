@@ -195,7 +195,10 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             j.cancel_requested = true;
         }
         JobEvent::Cancelled { error, .. } => {
-            if !matches!(j.status, Status::Scheduled | Status::Pending | Status::Leased) {
+            if !matches!(
+                j.status,
+                Status::Scheduled | Status::Pending | Status::Leased
+            ) {
                 return Err(reject(ev, job, "a finished job cannot be cancelled"));
             }
             if let Some(e) = error {

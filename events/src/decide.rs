@@ -260,6 +260,15 @@ pub fn decide(
             if !matches!(status, Status::Scheduled | Status::Pending) {
                 return Err(Rejection::InvalidState(status));
             }
+            if spec.max_attempts.is_some_and(|m| m <= job.attempts) {
+                return Err(Rejection::Validation(vec![FieldError::new(
+                    "max_attempts",
+                    format!(
+                        "must be more than the {} attempts already made",
+                        job.attempts
+                    ),
+                )]));
+            }
             if *spec == UpdateSpec::default() {
                 return Err(Rejection::Validation(vec![FieldError::new(
                     "body",

@@ -295,6 +295,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 })
             }),
         Just(Command::Retry),
+        Just(Command::Redrive),
         Just(Command::Purge),
     ]
 }
@@ -359,6 +360,7 @@ proptest! {
     ) {
         let mut g = Given::new();
         let mut now = t0();
+        let mut completions = 0;
         for (cmd, step) in cmds {
             now += Duration::seconds(step);
             let cmd = aim(cmd, g.job.as_ref());
@@ -371,8 +373,21 @@ proptest! {
                 }
                 Err(_) => prop_assert_eq!(&before, &g.job, "a refused command changes nothing"),
             }
+            if let (Some(b), Some(a)) = (&before, &g.job) {
+                // Terminal states stay terminal, except through a retry (or redrive).
+                if b.status.is_terminal() && !a.status.is_terminal() {
+                    prop_assert!(matches!(cmd, Command::Retry | Command::Redrive), "{:?} left {:?}", cmd, b.status);
+                }
+                if a.status == Status::Completed && b.status != Status::Completed {
+                    completions += 1;
+                }
+                if matches!(cmd, Command::Retry | Command::Redrive) && a.version > b.version {
+                    completions = 0;
+                }
+            }
             if let Some(j) = &g.job {
-                prop_assert!(j.attempts <= j.max_attempts.max(1) + 3);
+                prop_assert!(j.attempts <= j.max_attempts, "attempts {} > max_attempts {}", j.attempts, j.max_attempts);
+                prop_assert!(completions <= 1, "completed twice without a retry");
                 prop_assert_eq!(j.lease.is_some(), j.status == Status::Leased);
                 prop_assert_eq!(j.errors.last(), j.last_error.as_ref());
             }
