@@ -156,7 +156,7 @@ impl Engine {
 
     fn envelope(job: &Job, event: JobEvent, actor: &Actor, at: DateTime<Utc>) -> Envelope {
         Envelope {
-            event_id: crate::ids::next(),
+            event_id: crate::ids::event_id(job.id, job.last_event_seq),
             schema_version: SCHEMA_VERSION,
             tenant_id: job.tenant_id,
             job_id: job.id,
@@ -179,7 +179,7 @@ impl Engine {
         let mut current = job.clone();
         for event in events {
             let purge = matches!(event, JobEvent::Purged {});
-            let env = Self::envelope(job, event, actor, at);
+            let env = Self::envelope(&current, event, actor, at);
             let seq = self
                 .store
                 .append(&env, &traceparent, current.last_event_seq)
@@ -394,23 +394,26 @@ impl Engine {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Whatever this attempt takes from the index goes back if it is not leased — even
+            // when the request is dropped mid-way (the client went away).
+            let mut taken = Taken {
+                engine: self,
+                ids: Vec::new(),
+            };
             let mut leased = Vec::new();
-            let mut skipped = Vec::new();
             let mut failure = None;
             while leased.len() < max_jobs {
                 let Some(job) = self.model().take(types, queues) else {
                     break;
                 };
+                taken.ids.push(job.id);
                 let now = common::now();
-                let events = match decide(Some(&job), &cmd, now) {
-                    Ok(e) => e,
-                    Err(_) => {
-                        skipped.push(job.id);
-                        continue;
-                    }
+                let Ok(events) = decide(Some(&job), &cmd, now) else {
+                    continue;
                 };
                 match self.append(&job, events, &actor, now).await {
                     Ok(j) => {
+                        taken.ids.retain(|id| *id != j.id);
                         let waited = (now - j.run_at).num_milliseconds().max(0) as f64 / 1000.0;
                         self.metrics
                             .lease_wait
@@ -418,22 +421,15 @@ impl Engine {
                             .observe(waited);
                         leased.push(j);
                     }
-                    // Another instance moved the job first; the follower will place it anew.
+                    // Another instance moved the job first; the follower places it anew.
                     Err(AppendError::Conflict) => {}
                     Err(e) => {
-                        skipped.push(job.id);
                         failure = Some(e);
                         break;
                     }
                 }
             }
-            if !skipped.is_empty() {
-                let now = common::now();
-                let mut m = self.model();
-                for id in &skipped {
-                    m.release(id, now);
-                }
-            }
+            drop(taken);
             if let Some(e) = failure {
                 if leased.is_empty() {
                     return Err(e.into());
@@ -458,5 +454,31 @@ impl Engine {
                 .with_label_values(&[&t])
                 .set(n as i64);
         }
+    }
+}
+
+/// Jobs taken from the ready index by a lease in progress; put back on drop unless leased.
+struct Taken<'a> {
+    engine: &'a Engine,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let now = common::now();
+        let mut any = false;
+        {
+            let mut m = self.engine.model();
+            for id in &self.ids {
+                any |= m.release(id, now);
+            }
+        }
+        if any {
+            self.engine.ready.notify_waiters();
+        }
+        self.engine.timers.notify_one();
     }
 }

@@ -1,7 +1,9 @@
-//! The follower: keeps the write model in step with `JOBS_EVENTS`. At start it replays the job
-//! events from the beginning (an ordered consumer, in stream order), then keeps following; on
-//! any interruption it resumes after the last sequence it folded in. The timer task moves jobs
-//! whose time has come into the ready index and expires leases that ran out.
+//! The follower: keeps the write model in step with `JOBS_EVENTS`. At start it replays the
+//! stream from the beginning (an ordered consumer, in stream order), then keeps following; on
+//! any interruption it resumes after the last sequence it folded in. It reads every subject so
+//! its position can be compared with the stream's last sequence; only job events are folded.
+//! The timer task moves jobs whose time has come into the ready index and expires leases that
+//! ran out.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use events::envelope::DecodeError;
 use events::stream::{parse_job_subject, STREAM_NAME};
-use events::{Actor, Command, Envelope, Recorded};
+use events::{Actor, Command, Envelope, JobEvent, Recorded};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +49,6 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
         .context("getting JOBS_EVENTS")?;
     let mut consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: "jobs.events.>".to_string(),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
@@ -72,21 +74,9 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
         let (seq, pending) = (info.stream_sequence, info.pending);
         if parse_job_subject(&msg.subject).is_some() {
             match Envelope::from_json(&msg.payload) {
-                Ok(envelope) => {
-                    let (tenant, job) = (envelope.tenant_id, envelope.job_id);
-                    let requeued = matches!(envelope.event, events::JobEvent::Requeued { .. });
-                    if engine.fold(&Recorded { seq, envelope }) == Some(Folded::Unknown) && requeued
-                    {
-                        // A finished job came back (retry, redrive): its history is in the stream.
-                        match engine.load(tenant, job).await {
-                            Ok(Some(state)) => engine.absorb(state),
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(%job, error = %e, "loading a requeued job failed")
-                            }
-                        }
-                    }
-                }
+                Ok(envelope) => fold(engine, seq, envelope).await?,
+                // Written by a newer version: stop here until this one is upgraded.
+                Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
             }
         }
@@ -99,6 +89,21 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
             mark_caught_up(engine);
         }
     }
+}
+
+async fn fold(engine: &Engine, seq: u64, envelope: Envelope) -> anyhow::Result<()> {
+    let (tenant, job) = (envelope.tenant_id, envelope.job_id);
+    let requeued = matches!(envelope.event, JobEvent::Requeued { .. });
+    if engine.fold(&Recorded { seq, envelope }) == Some(Folded::Unknown) && requeued {
+        // A finished job came back (retry, redrive): its history is in the stream. On failure,
+        // resume at this event rather than lose the job.
+        match engine.load(tenant, job).await {
+            Ok(Some(state)) => engine.absorb(state),
+            Ok(None) => {}
+            Err(e) => anyhow::bail!("loading requeued job {job}: {e}"),
+        }
+    }
+    Ok(())
 }
 
 fn mark_caught_up(engine: &Engine) {
@@ -122,6 +127,14 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
         }
         for d in due {
             let Due::LeaseExpired { job_id, lease_id } = d;
+            if !engine.is_caught_up() {
+                // While replaying, a lease may look expired only because its end is not
+                // replayed yet: look again once caught up.
+                engine
+                    .model()
+                    .rewatch(&job_id, now + chrono::Duration::seconds(1));
+                continue;
+            }
             let engine = engine.clone();
             tokio::spawn(async move {
                 let cmd = Command::ExpireLease { lease_id };
@@ -129,8 +142,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
                     .act(None, job_id, &cmd, &Actor::system("command-svc"), None)
                     .await
                 {
-                    Ok(_) => {}
-                    Err(common::ApiError::LeaseLost | common::ApiError::InvalidState(_)) => {}
+                    Ok(_) | Err(common::ApiError::LeaseLost) => {}
                     Err(e) => {
                         tracing::warn!(%job_id, error = %e, "expiring a lease failed; will retry");
                         engine

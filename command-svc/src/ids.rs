@@ -35,17 +35,29 @@ pub async fn with_seed<F: std::future::Future>(seed: Arc<Seed>, f: F) -> F::Outp
     SEED.scope(seed, f).await
 }
 
-/// A new UUIDv7: derived from the request's idempotency seed when there is one.
-pub fn next() -> Uuid {
+fn derived(s: &Seed, parts: &[&[u8]]) -> Uuid {
+    let mut h = Sha256::new().chain_update(s.bytes);
+    for p in parts {
+        h = h.chain_update(p);
+    }
+    let h = h.finalize();
+    let mut rand = [0u8; 10];
+    rand.copy_from_slice(&h[..10]);
+    uuid::Builder::from_unix_timestamp_millis(s.millis, &rand).into_uuid()
+}
+
+/// A new job id (UUIDv7): the n-th of this request when it carries an idempotency seed.
+pub fn job_id() -> Uuid {
     SEED.try_with(|s| {
         let n = s.counter.fetch_add(1, Ordering::Relaxed);
-        let h = Sha256::new()
-            .chain_update(s.bytes)
-            .chain_update(n.to_le_bytes())
-            .finalize();
-        let mut rand = [0u8; 10];
-        rand.copy_from_slice(&h[..10]);
-        uuid::Builder::from_unix_timestamp_millis(s.millis, &rand).into_uuid()
+        derived(s, &[b"job", &n.to_le_bytes()])
     })
     .unwrap_or_else(|_| Uuid::now_v7())
+}
+
+/// The id of the event appended to `job` after its event `after_seq`: under an idempotency
+/// seed the same for the same job and position, whatever order a re-run goes in.
+pub fn event_id(job: Uuid, after_seq: u64) -> Uuid {
+    SEED.try_with(|s| derived(s, &[b"event", job.as_bytes(), &after_seq.to_le_bytes()]))
+        .unwrap_or_else(|_| Uuid::now_v7())
 }

@@ -37,9 +37,14 @@ enum Place {
         tenant: Uuid,
         key: Key,
     },
-    Waiting,
+    /// In the timer heap, armed for this instant (heap entries for other instants are stale).
+    Waiting(DateTime<Utc>),
     Taken,
 }
+
+/// How many finished jobs' last sequences are remembered, so a late, older state of a job
+/// that already finished is not taken back in.
+const TOMBSTONES: usize = 100_000;
 
 /// What a timer that came due asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +59,8 @@ pub struct WriteModel {
     placed: HashMap<Uuid, Place>,
     ready: HashMap<String, TypeIndex>,
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
+    finished: HashMap<Uuid, u64>,
+    finished_order: VecDeque<Uuid>,
     /// The last stream sequence this model reflects.
     pub position: u64,
 }
@@ -117,21 +124,37 @@ impl WriteModel {
     /// Stores a job's state unless the model already holds the same or a later one (by its
     /// last event sequence); returns whether it is ready now.
     pub fn offer(&mut self, job: Job, now: DateTime<Utc>) -> bool {
-        if self
-            .jobs
-            .get(&job.id)
-            .is_some_and(|j| j.last_event_seq >= job.last_event_seq)
-        {
+        let held = self.jobs.get(&job.id).map(|j| j.last_event_seq);
+        let gone = self.finished.get(&job.id).copied();
+        if held.or(gone).is_some_and(|seq| seq >= job.last_event_seq) {
             return false;
         }
         self.put(job, now)
+    }
+
+    fn bury(&mut self, id: Uuid, seq: u64) {
+        if self.finished.insert(id, seq).is_none() {
+            self.finished_order.push_back(id);
+            if self.finished_order.len() > TOMBSTONES {
+                if let Some(old) = self.finished_order.pop_front() {
+                    self.finished.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn arm(&mut self, id: Uuid, at: DateTime<Utc>) {
+        self.timers.push(Reverse((at, id)));
+        self.placed.insert(id, Place::Waiting(at));
     }
 
     /// Forgets a job (purged).
     pub fn forget(&mut self, id: &Uuid) {
         self.unplace(id);
         self.placed.remove(id);
-        self.jobs.remove(id);
+        if let Some(j) = self.jobs.remove(id) {
+            self.bury(*id, j.last_event_seq);
+        }
     }
 
     /// The dead-lettered jobs of a tenant.
@@ -151,6 +174,7 @@ impl WriteModel {
                 self.jobs.insert(job.id, job);
             } else {
                 self.jobs.remove(&job.id);
+                self.bury(job.id, job.last_event_seq);
             }
             return false;
         }
@@ -161,14 +185,12 @@ impl WriteModel {
                 true
             }
             Status::Scheduled | Status::Pending => {
-                self.timers.push(Reverse((job.run_at, id)));
-                self.placed.insert(id, Place::Waiting);
+                self.arm(id, job.run_at);
                 false
             }
             Status::Leased => {
                 let until = job.lease.as_ref().map_or(now, |l| l.expires_at);
-                self.timers.push(Reverse((until, id)));
-                self.placed.insert(id, Place::Waiting);
+                self.arm(id, until);
                 false
             }
             _ => false,
@@ -290,20 +312,26 @@ impl WriteModel {
                 break;
             }
             self.timers.pop();
+            // Only the entry the job is armed for counts; others are stale.
+            if self.placed.get(&id) != Some(&Place::Waiting(at)) {
+                continue;
+            }
             let Some(job) = self.jobs.get(&id) else {
                 continue;
             };
-            if self.placed.get(&id) != Some(&Place::Waiting) {
-                continue;
-            }
             match (&job.status, &job.lease) {
                 (Status::Leased, Some(l)) if l.expires_at <= now => {
+                    // Disarmed until the expiry is appended (or re-armed by `rewatch`).
+                    self.placed.remove(&id);
                     due.push(Due::LeaseExpired {
                         job_id: id,
                         lease_id: l.lease_id,
                     });
                 }
-                (Status::Leased, Some(l)) => self.timers.push(Reverse((l.expires_at, id))),
+                (Status::Leased, Some(l)) => {
+                    let at = l.expires_at;
+                    self.arm(id, at);
+                }
                 (Status::Scheduled | Status::Pending, _)
                     if job.run_at <= now && !job.cancel_requested =>
                 {
@@ -312,7 +340,8 @@ impl WriteModel {
                     made_ready += 1;
                 }
                 (Status::Scheduled | Status::Pending, _) if job.run_at > now => {
-                    self.timers.push(Reverse((job.run_at, id)));
+                    let at = job.run_at;
+                    self.arm(id, at);
                 }
                 _ => {}
             }
@@ -323,8 +352,12 @@ impl WriteModel {
 
     /// Re-arms the expiry watch of a leased job whose expiry append did not go through.
     pub fn rewatch(&mut self, id: &Uuid, at: DateTime<Utc>) {
-        if self.jobs.contains_key(id) {
-            self.timers.push(Reverse((at, *id)));
+        let leased = self
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.status == Status::Leased);
+        if leased && !self.placed.contains_key(id) {
+            self.arm(*id, at);
         }
     }
 }

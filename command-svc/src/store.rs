@@ -126,6 +126,7 @@ impl EventStore {
         .await;
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
         match result {
+            Ok(ack) if ack.duplicate => self.confirm_duplicate(env, ack.sequence).await,
             Ok(ack) => {
                 self.metrics
                     .appended
@@ -143,6 +144,28 @@ impl EventStore {
                 | PublishErrorKind::MaxAckPending => AppendError::Unavailable(e.to_string()),
                 _ => AppendError::Other(e.to_string()),
             }),
+        }
+    }
+
+    /// JetStream answered "duplicate": an event with this id was stored before (a re-run of
+    /// an idempotent request). It is ours only if it is the same event on the same subject.
+    async fn confirm_duplicate(&self, env: &Envelope, seq: u64) -> Result<u64, AppendError> {
+        let stream = self
+            .js
+            .get_stream(events::stream::STREAM_NAME)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let stored = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let same = stored.subject.as_str() == job_subject(env.tenant_id, env.job_id)
+            && Envelope::from_json(&stored.payload)
+                .is_ok_and(|e| e.event_id == env.event_id && e.event == env.event);
+        if same {
+            Ok(seq)
+        } else {
+            Err(AppendError::Conflict)
         }
     }
 

@@ -212,6 +212,9 @@ impl EnqueueRequest {
         if !metadata.is_object() {
             errors.push(FieldError::new(f("metadata"), "must be a JSON object"));
         }
+        check_json(&f("payload"), &self.payload, &mut errors);
+        check_json(&f("metadata"), &metadata, &mut errors);
+        check_time(&f("run_at"), run_at, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -314,6 +317,12 @@ impl UpdateRequest {
         if self.payload.as_ref().is_some_and(Value::is_null) {
             errors.push(FieldError::new("payload", "must not be null"));
         }
+        if let Some(p) = &self.payload {
+            check_json("payload", p, &mut errors);
+        }
+        if let Some(t) = self.run_at {
+            check_time("run_at", t, &mut errors);
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -324,5 +333,51 @@ impl UpdateRequest {
             max_attempts,
             queue: self.queue,
         })
+    }
+}
+
+/// The earliest and latest instants a job may be scheduled at.
+pub fn time_bounds() -> (DateTime<Utc>, DateTime<Utc>) {
+    let lo = DateTime::<Utc>::from_timestamp(0, 0).expect("the epoch");
+    let hi = DateTime::<Utc>::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z");
+    (lo, hi)
+}
+
+/// A time within [`time_bounds`].
+pub fn check_time(field: &str, t: DateTime<Utc>, errors: &mut Vec<FieldError>) {
+    let (lo, hi) = time_bounds();
+    if t < lo || t > hi {
+        errors.push(FieldError::new(
+            field,
+            "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        ));
+    }
+}
+
+/// JSON the read model can store: no NUL character in any string or key.
+pub fn check_json(field: &str, v: &Value, errors: &mut Vec<FieldError>) {
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    if has_nul(v) {
+        errors.push(FieldError::new(
+            field,
+            "must not contain the NUL character (\\u0000)",
+        ));
+    }
+}
+
+/// Text the read model can store: no NUL character.
+pub fn check_text(field: &str, s: &str, errors: &mut Vec<FieldError>) {
+    if s.contains('\0') {
+        errors.push(FieldError::new(
+            field,
+            "must not contain the NUL character (\\u0000)",
+        ));
     }
 }

@@ -16,7 +16,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::projection::{apply_batch, read_checkpoint, Incoming};
+use crate::projection::{apply_batch, is_data_error, quarantine, read_checkpoint, Gap, Incoming};
 
 #[derive(Clone)]
 pub struct ProjectorMetrics {
@@ -93,7 +93,11 @@ async fn position_consumer(
         .await
         .context("getting JOBS_EVENTS")?;
     // Whatever the server remembers of an earlier run is dropped: the checkpoint decides.
-    let _ = stream.delete_consumer(PROJECTOR_CONSUMER).await;
+    if let Err(e) = stream.delete_consumer(PROJECTOR_CONSUMER).await {
+        if !e.to_string().to_lowercase().contains("not found") {
+            anyhow::bail!("removing the old projector consumer: {e}");
+        }
+    }
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(PROJECTOR_CONSUMER.to_string()),
@@ -199,6 +203,21 @@ impl Projector {
                     self.metrics.applied.inc_by(out.applied as u64);
                     self.metrics.refused.inc_by(out.refused as u64);
                     self.set_checkpoint(out.checkpoint);
+                    return Ok(());
+                }
+                Err(e) if e.is::<Gap>() => return Err(e),
+                Err(e) if is_data_error(&e) => {
+                    // One event Postgres refuses must not stop every tenant's projection: find
+                    // it by applying one at a time, quarantine it, go on.
+                    if incoming.len() == 1 {
+                        quarantine(&self.pool, &incoming[0], &format!("{e:#}")).await?;
+                        self.metrics.refused.inc();
+                        self.set_checkpoint(incoming[0].seq);
+                        return Ok(());
+                    }
+                    for m in incoming {
+                        Box::pin(self.apply_with_retry(std::slice::from_ref(m), stop)).await?;
+                    }
                     return Ok(());
                 }
                 Err(e) => {

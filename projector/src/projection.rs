@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use events::envelope::DecodeError;
 use events::stream::parse_job_subject;
 use events::{apply, Envelope, Job, JobEvent, Recorded};
 use serde_json::Value;
@@ -24,6 +25,50 @@ pub struct Incoming {
     pub payload: Bytes,
 }
 
+/// The batch does not start right after the checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("gap in the stream: the checkpoint is {checkpoint} but the next message is {next}")]
+pub struct Gap {
+    pub checkpoint: u64,
+    pub next: u64,
+}
+
+/// Records an event the read model cannot store, and moves the checkpoint past it.
+pub async fn quarantine(pool: &PgPool, m: &Incoming, error: &str) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projection_quarantine (seq, subject, error) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING")
+        .bind(m.seq as i64)
+        .bind(&m.subject)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE projector_checkpoint SET last_seq = GREATEST(last_seq, $1) WHERE id = 1")
+        .bind(m.seq as i64)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(m.seq.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::error!(seq = m.seq, subject = %m.subject, error, "event quarantined: the read model cannot store it");
+    Ok(())
+}
+
+/// Whether an error is about the data (Postgres refused a value), not the connection: retrying
+/// the same batch cannot help.
+pub fn is_data_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>().is_some_and(|s| match s {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("54")),
+            _ => false,
+        })
+    })
+}
+
 /// What a batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -32,21 +77,26 @@ pub struct Outcome {
     pub checkpoint: u64,
 }
 
-fn decode(m: &Incoming) -> Option<Recorded> {
+/// The job event in a message, if it is one. An event written by a newer schema version
+/// stops the projection (to resume once upgraded) rather than being skipped.
+fn decode(m: &Incoming) -> anyhow::Result<Option<Recorded>> {
     // Subjects other than jobs (tenants, workers) are not part of this read model yet.
-    let (tenant, job) = parse_job_subject(&m.subject)?;
+    let Some((tenant, job)) = parse_job_subject(&m.subject) else {
+        return Ok(None);
+    };
     match Envelope::from_json(&m.payload) {
-        Ok(env) if env.tenant_id == tenant && env.job_id == job => Some(Recorded {
+        Ok(env) if env.tenant_id == tenant && env.job_id == job => Ok(Some(Recorded {
             seq: m.seq,
             envelope: env,
-        }),
+        })),
         Ok(_) => {
             tracing::error!(seq = m.seq, subject = %m.subject, "event body names another tenant or job than its subject; skipped");
-            None
+            Ok(None)
         }
+        Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {}: {e}", m.seq),
         Err(e) => {
             tracing::error!(seq = m.seq, subject = %m.subject, error = %e, "undecodable event; skipped");
-            None
+            Ok(None)
         }
     }
 }
@@ -105,7 +155,23 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
             ..Default::default()
         });
     };
-    let recs: Vec<Recorded> = fresh.iter().filter_map(|m| decode(m)).collect();
+    // Every message of the stream comes through here, in order: a gap means messages were
+    // lost on the way (e.g. across a reconnect); resume from the checkpoint instead.
+    if fresh
+        .first()
+        .is_some_and(|m| m.seq as i64 != checkpoint + 1)
+    {
+        anyhow::bail!(Gap {
+            checkpoint: checkpoint as u64,
+            next: fresh[0].seq
+        });
+    }
+    let mut recs: Vec<Recorded> = Vec::with_capacity(fresh.len());
+    for m in &fresh {
+        if let Some(r) = decode(m)? {
+            recs.push(r);
+        }
+    }
 
     let ids: Vec<Uuid> = recs
         .iter()

@@ -211,3 +211,55 @@ async fn dropping_the_read_model_and_replaying_the_stream_gives_identical_rows()
         "the rebuilt read model is identical, row for row"
     );
 }
+
+#[tokio::test]
+async fn an_event_postgres_refuses_is_quarantined_and_the_projection_goes_on() {
+    let app = TestApp::spawn().await;
+    // The API refuses what Postgres cannot store...
+    for bad in [
+        json!({"type": "t", "payload": {"a": "nul\u{0}here"}}),
+        json!({"type": "t", "payload": {}, "run_at": "-10000-01-01T00:00:00Z"}),
+    ] {
+        let res = app.enqueue_as(&app.token, &bad).await;
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    // ...but a writer that bypasses it (an older version, a bug) must not stop the projector.
+    let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
+    let job_id = uuid::Uuid::now_v7();
+    let poison = json!({
+        "event_id": uuid::Uuid::now_v7(), "type": "JobEnqueued", "schema_version": 1,
+        "tenant_id": app.tenant, "job_id": job_id, "at": chrono::Utc::now(),
+        "actor": {"kind": "system", "id": "test"},
+        "data": {"type": "t", "queue": "default", "priority": 5, "payload": {"a": "nul\u{0}"},
+                 "run_at": chrono::Utc::now(), "max_attempts": 3, "timeout_seconds": 300,
+                 "backoff": {"base_seconds": 5, "max_seconds": 3600}, "metadata": {}}
+    });
+    let ack = js
+        .publish(
+            format!("jobs.events.{}.{job_id}", app.tenant),
+            serde_json::to_vec(&poison).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (after, seq) = app.enqueue(&email_job(1)).await;
+    assert!(seq > ack.sequence);
+    let (status, got) = app
+        .get(
+            &format!("/jobs/v1/jobs/{}", after["id"].as_str().unwrap()),
+            seq,
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "the projection went past the poison event: {got}"
+    );
+    let pool = app.pool().await;
+    let quarantined: Vec<i64> = sqlx::query_scalar("SELECT seq FROM projection_quarantine")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(quarantined, vec![ack.sequence as i64]);
+    assert_eq!(app.get(&format!("/jobs/v1/jobs/{job_id}"), 0).await.0, 404);
+}

@@ -64,11 +64,12 @@ fn new_job(
         events::Rejection::Validation(f) => f,
         other => vec![FieldError::new("body", other.to_string())],
     })?;
+    let job_id = crate::ids::job_id();
     Ok(Envelope {
-        event_id: crate::ids::next(),
+        event_id: crate::ids::event_id(job_id, 0),
         schema_version: SCHEMA_VERSION,
         tenant_id: user.tenant_id(),
-        job_id: crate::ids::next(),
+        job_id,
         at: now,
         actor: Actor::user(user.actor_id()),
         event: events.remove(0),

@@ -95,8 +95,15 @@ async fn cancel(
     headers: HeaderMap,
     OptionalJson(req): OptionalJson<CancelRequest>,
 ) -> ApiResult<Response> {
-    if req.reason.as_ref().is_some_and(|r| r.len() > 1024) {
-        return Err(ApiError::validation("reason", "must be at most 1024 bytes"));
+    if req
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > 1024 || r.contains('\0'))
+    {
+        return Err(ApiError::validation(
+            "reason",
+            "must be at most 1024 bytes, without NUL characters",
+        ));
     }
     run(
         &state,

@@ -11,7 +11,7 @@ use axum::{Extension, Router};
 use common::error::envelope;
 use common::json::ApiJson;
 use common::{ApiError, ApiResult};
-use events::validate::{check_name, FieldError};
+use events::validate::{check_json, check_name, check_text, FieldError};
 use events::{Actor, Command, ErrorInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -141,6 +141,9 @@ async fn heartbeat(
     let extend = req
         .extend_seconds
         .map(|e| range("extend_seconds", Some(e), 5, 3600, 30, &mut errors) as u32);
+    if let Some(p) = &req.progress {
+        check_json("progress", p, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -177,6 +180,13 @@ async fn complete(
     ApiJson(req): ApiJson<CompleteRequest>,
 ) -> ApiResult<Response> {
     let id = job_id(&id)?;
+    let mut errors = Vec::new();
+    if let Some(r) = &req.result {
+        check_json("result", r, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     ready(&state)?;
     let cmd = Command::Complete {
         worker_id: worker.0.clone(),
@@ -220,6 +230,7 @@ async fn fail(
     if req.error.message.is_empty() || req.error.message.len() > 8192 {
         errors.push(FieldError::new("error.message", "must be 1 to 8192 bytes"));
     }
+    check_text("error.message", &req.error.message, &mut errors);
     if let Some(c) = &req.error.code {
         check_name("error.code", c, &mut errors);
     }

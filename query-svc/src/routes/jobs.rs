@@ -114,6 +114,14 @@ async fn list(
     let priority = q
         .priority
         .map(|p| check_priority("priority", p, &mut errors));
+    for (field, t) in [
+        ("created_after", q.created_after),
+        ("created_before", q.created_before),
+    ] {
+        if let Some(t) = t {
+            events::validate::check_time(field, t, &mut errors);
+        }
+    }
     let desc = match q.order.as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,
