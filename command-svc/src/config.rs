@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use common::config::{AuthArgs, LogArgs, NatsArgs};
+use common::config::{AuthArgs, LogArgs, NatsArgs, PlanArgs};
 
 /// command-svc: enqueue and manage jobs (the write side of the Jobs Service).
 #[derive(Debug, Clone, clap::Parser)]
@@ -34,6 +34,8 @@ pub struct Config {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub plans: PlanArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -77,10 +77,17 @@ pub struct Engine {
     pub store: EventStore,
     pub js: jetstream::Context,
     pub metrics: EngineMetrics,
+    pub plans: common::plans::Plans,
+    pub rate: crate::limits::RateLimiter,
 }
 
 impl Engine {
-    pub fn new(store: EventStore, js: jetstream::Context, metrics: EngineMetrics) -> Arc<Self> {
+    pub fn new(
+        store: EventStore,
+        js: jetstream::Context,
+        metrics: EngineMetrics,
+        plans: common::plans::Plans,
+    ) -> Arc<Self> {
         Arc::new(Self {
             model: Mutex::new(WriteModel::default()),
             ready: Notify::new(),
@@ -90,6 +97,8 @@ impl Engine {
             store,
             js,
             metrics,
+            plans,
+            rate: Default::default(),
         })
     }
 
@@ -390,6 +399,11 @@ impl Engine {
             worker_id: worker_id.to_string(),
             lease_seconds,
         };
+        if self.model().draining.contains(worker_id) {
+            // A draining worker gets empty leases (after its wait, so it does not spin).
+            tokio::time::sleep_until(deadline).await;
+            return Ok(Vec::new());
+        }
         loop {
             let notified = self.ready.notified();
             tokio::pin!(notified);
@@ -403,7 +417,13 @@ impl Engine {
             let mut leased = Vec::new();
             let mut failure = None;
             while leased.len() < max_jobs {
-                let Some(job) = self.model().take(types, queues) else {
+                let plans = &self.plans;
+                let limit = |m: &WriteModel, t: Uuid| {
+                    plans
+                        .effective(m.tiers.get(&t).map(String::as_str), m.overrides.get(&t))
+                        .max_concurrent_leases
+                };
+                let Some(job) = self.model().take(types, queues, limit) else {
                     break;
                 };
                 taken.ids.push(job.id);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use events::envelope::DecodeError;
+use events::platform::PlatformEnvelope;
 use events::stream::{parse_job_subject, STREAM_NAME};
 use events::{Actor, Command, Envelope, JobEvent, Recorded};
 use futures::StreamExt;
@@ -79,6 +80,14 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
                 Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
             }
+        } else if msg.subject.starts_with("jobs.tenants.")
+            || msg.subject.starts_with("jobs.workers.")
+        {
+            match PlatformEnvelope::from_json(&msg.payload) {
+                Ok(env) => engine.model().fold_platform(&env.event),
+                Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
+                Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
+            }
         }
         engine.position.send_if_modified(|p| {
             let moved = seq > *p;
@@ -94,7 +103,14 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
 async fn fold(engine: &Engine, seq: u64, envelope: Envelope) -> anyhow::Result<()> {
     let (tenant, job) = (envelope.tenant_id, envelope.job_id);
     let requeued = matches!(envelope.event, JobEvent::Requeued { .. });
-    if engine.fold(&Recorded { seq, envelope }) == Some(Folded::Unknown) && requeued {
+    let enqueued = matches!(envelope.event, JobEvent::Enqueued { .. });
+    let folded = engine.fold(&Recorded { seq, envelope });
+    if enqueued && matches!(folded, Some(Folded::Applied { .. })) {
+        // Enqueued through another instance (our own are folded at once, so seen by now):
+        // it counts against the tenant's rate here too.
+        engine.rate.observe(tenant, 1, std::time::Instant::now());
+    }
+    if folded == Some(Folded::Unknown) && requeued {
         // A finished job came back (retry, redrive): its history is in the stream. On failure,
         // resume at this event rather than lose the job.
         match engine.load(tenant, job).await {

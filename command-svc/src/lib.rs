@@ -7,6 +7,7 @@ pub mod engine;
 pub mod follower;
 pub mod idempotency;
 pub mod ids;
+pub mod limits;
 pub mod model;
 pub mod routes;
 pub mod startup;

@@ -9,9 +9,10 @@
 //! flight — and `placed` says which.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
+use events::platform::{LimitOverrides, PlatformEvent};
 use events::{apply, ApplyError, Job, Recorded, Status};
 use uuid::Uuid;
 
@@ -61,8 +62,23 @@ pub struct WriteModel {
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     finished: HashMap<Uuid, u64>,
     finished_order: VecDeque<Uuid>,
+    counts: HashMap<Uuid, TenantCounts>,
+    /// Limit overrides per tenant (from `TenantLimitsOverridden` events).
+    pub overrides: HashMap<Uuid, LimitOverrides>,
+    /// Each tenant's plan tier, as its latest enqueue said.
+    pub tiers: HashMap<Uuid, String>,
+    /// Workers that get no new leases.
+    pub draining: HashSet<String>,
     /// The last stream sequence this model reflects.
     pub position: u64,
+}
+
+/// A tenant's jobs that count against its limits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCounts {
+    /// Scheduled, pending or leased.
+    pub active: u64,
+    pub leased: u64,
 }
 
 /// The outcome of folding one event in.
@@ -77,6 +93,60 @@ pub enum Folded {
 }
 
 impl WriteModel {
+    /// A tenant's counts of active and leased jobs.
+    pub fn counts(&self, tenant: &Uuid) -> TenantCounts {
+        self.counts.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Stores (or, with None, removes) a job, keeping the tenant counts in step.
+    fn store(&mut self, id: Uuid, job: Option<Job>) {
+        let contribution = |j: &Job| {
+            let active = matches!(
+                j.status,
+                Status::Scheduled | Status::Pending | Status::Leased
+            ) as u64;
+            (j.tenant_id, active, (j.status == Status::Leased) as u64)
+        };
+        let old = match job {
+            Some(j) => {
+                let new = contribution(&j);
+                let c = self.counts.entry(new.0).or_default();
+                c.active += new.1;
+                c.leased += new.2;
+                self.jobs.insert(id, j)
+            }
+            None => self.jobs.remove(&id),
+        };
+        if let Some(old) = old {
+            let (tenant, active, leased) = contribution(&old);
+            if let Some(c) = self.counts.get_mut(&tenant) {
+                c.active -= active;
+                c.leased -= leased;
+            }
+        }
+    }
+
+    /// Folds a tenant or worker event in.
+    pub fn fold_platform(&mut self, event: &PlatformEvent) {
+        match event {
+            PlatformEvent::LimitsOverridden {
+                tenant_id,
+                overrides,
+            } => {
+                self.overrides.insert(*tenant_id, overrides.clone());
+            }
+            PlatformEvent::OverridesCleared { tenant_id } => {
+                self.overrides.remove(tenant_id);
+            }
+            PlatformEvent::WorkerDrained { worker_id } => {
+                self.draining.insert(worker_id.clone());
+            }
+            PlatformEvent::WorkerUndrained { worker_id } => {
+                self.draining.remove(worker_id);
+            }
+        }
+    }
+
     pub fn job(&self, id: &Uuid) -> Option<&Job> {
         self.jobs.get(id)
     }
@@ -111,6 +181,15 @@ impl WriteModel {
             }
         } else if !matches!(rec.envelope.event, events::JobEvent::Enqueued { .. }) {
             return Ok(Folded::Unknown);
+        }
+        if let events::JobEvent::Enqueued {
+            plan_tier: Some(tier),
+            ..
+        } = &rec.envelope.event
+        {
+            if self.tiers.get(&rec.envelope.tenant_id) != Some(tier) {
+                self.tiers.insert(rec.envelope.tenant_id, tier.clone());
+            }
         }
         if matches!(rec.envelope.event, events::JobEvent::Purged {}) {
             self.forget(&id);
@@ -152,8 +231,9 @@ impl WriteModel {
     pub fn forget(&mut self, id: &Uuid) {
         self.unplace(id);
         self.placed.remove(id);
-        if let Some(j) = self.jobs.remove(id) {
-            self.bury(*id, j.last_event_seq);
+        if let Some(seq) = self.jobs.get(id).map(|j| j.last_event_seq) {
+            self.store(*id, None);
+            self.bury(*id, seq);
         }
     }
 
@@ -170,11 +250,12 @@ impl WriteModel {
         self.unplace(&job.id);
         if job.status.is_terminal() {
             self.placed.remove(&job.id);
+            let (id, seq) = (job.id, job.last_event_seq);
             if job.status == Status::DeadLettered {
-                self.jobs.insert(job.id, job);
+                self.store(id, Some(job));
             } else {
-                self.jobs.remove(&job.id);
-                self.bury(job.id, job.last_event_seq);
+                self.store(id, None);
+                self.bury(id, seq);
             }
             return false;
         }
@@ -195,7 +276,7 @@ impl WriteModel {
             }
             _ => false,
         };
-        self.jobs.insert(id, job);
+        self.store(id, Some(job));
         ready
     }
 
@@ -258,8 +339,20 @@ impl WriteModel {
     /// Takes the next job to lease among `types` (and `queues`, when given): highest priority
     /// first; at that priority the next tenant in the rotation; that tenant's oldest job. The
     /// job leaves the index until `put` or `release` places it again.
-    pub fn take(&mut self, types: &[String], queues: Option<&[String]>) -> Option<Job> {
+    pub fn take(
+        &mut self,
+        types: &[String],
+        queues: Option<&[String]>,
+        lease_limit: impl Fn(&Self, Uuid) -> u64,
+    ) -> Option<Job> {
         let accepts = |j: &Job| queues.is_none_or(|qs| qs.contains(&j.queue));
+        // Tenants at their concurrent-lease limit wait; the others are served.
+        let full: HashSet<Uuid> = self
+            .counts
+            .iter()
+            .filter(|(t, c)| c.leased > 0 && c.leased >= lease_limit(self, **t))
+            .map(|(t, _)| *t)
+            .collect();
         for priority in (0..=10u8).rev() {
             for t in types {
                 let Some(level) = self
@@ -274,6 +367,9 @@ impl WriteModel {
                         break;
                     };
                     level.rotation.push_back(tenant);
+                    if full.contains(&tenant) {
+                        continue;
+                    }
                     let found = level.tenants.get(&tenant).and_then(|set| {
                         set.iter()
                             .map(|k| k.2)

@@ -69,7 +69,13 @@ impl Application {
         let idempotency = crate::idempotency::bucket(&js).await?;
         let metrics = Metrics::new();
         let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
-        let engine = Engine::new(store.clone(), js.clone(), EngineMetrics::new(&metrics));
+        let plans = common::plans::Plans::load(config.plans.plans_file.as_deref())?;
+        let engine = Engine::new(
+            store.clone(),
+            js.clone(),
+            EngineMetrics::new(&metrics),
+            plans,
+        );
         let state = AppState {
             store,
             engine: engine.clone(),

@@ -227,3 +227,42 @@ impl EventStore {
         }
     }
 }
+
+impl EventStore {
+    /// Appends a tenant or worker event (last write wins: no expected sequence).
+    #[tracing::instrument(skip_all, fields(event = env.event.type_name()), err)]
+    pub async fn append_platform(
+        &self,
+        env: &events::platform::PlatformEnvelope,
+        traceparent: &str,
+    ) -> Result<u64, AppendError> {
+        self.check_connected()?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(events::stream::EVENT_TYPE_HEADER, env.event.type_name());
+        headers.insert("traceparent", traceparent);
+        let publish = PublishMessage::build()
+            .payload(env.to_json().into())
+            .headers(headers)
+            .message_id(env.event_id.to_string());
+        let result = async {
+            let ack = self.js.send_publish(env.event.subject(), publish).await?;
+            ack.await
+        }
+        .await;
+        match result {
+            Ok(ack) => {
+                self.metrics
+                    .appended
+                    .with_label_values(&[env.event.type_name()])
+                    .inc();
+                Ok(ack.sequence)
+            }
+            Err(e) => Err(match e.kind() {
+                PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::MaxAckPending => AppendError::Unavailable(e.to_string()),
+                _ => AppendError::Other(e.to_string()),
+            }),
+        }
+    }
+}

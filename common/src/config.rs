@@ -60,3 +60,11 @@ pub struct LogArgs {
     #[arg(long, env = "JOBS_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 }
+
+/// Plan tiers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// TOML file of plan tiers and their default limits (built-in: deploy/plans.toml).
+    #[arg(long, env = "JOBS_PLANS_FILE")]
+    pub plans_file: Option<PathBuf>,
+}

@@ -56,6 +56,12 @@ pub enum ApiError {
     /// 415 UNSUPPORTED_MEDIA_TYPE
     #[error("send the body as application/json")]
     UnsupportedMediaType,
+    /// 429 QUOTA_EXCEEDED, with `Retry-After` (seconds).
+    #[error("{message}")]
+    QuotaExceeded { message: String, retry_after: u64 },
+    /// 429 RATE_LIMITED, with `Retry-After` (seconds).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     /// 503 SERVICE_UNAVAILABLE: the event store or database is unreachable; nothing was written.
     #[error("{0}")]
     Unavailable(String),
@@ -92,6 +98,8 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }
+            Self::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "QUOTA_EXCEEDED"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
@@ -102,6 +110,9 @@ impl ApiError {
             Self::Validation(fields) => Some(json!({ "fields": fields })),
             Self::InvalidState(status) => Some(json!({ "status": status })),
             Self::PreconditionFailed(version) => Some(json!({ "version": version })),
+            Self::QuotaExceeded { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
+                Some(json!({ "retry_after_seconds": retry_after }))
+            }
             _ => None,
         }
     }
@@ -146,6 +157,12 @@ impl IntoResponse for ApiError {
         }
         let body = json!({ "data": null, "error": error, "meta": meta() });
         let mut res = (status, Json(body)).into_response();
+        if let Self::QuotaExceeded { retry_after, .. } | Self::RateLimited { retry_after, .. } =
+            &self
+        {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -12,6 +12,7 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod nats;
+pub mod plans;
 pub mod server;
 pub mod telemetry;
 

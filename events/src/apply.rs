@@ -37,6 +37,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             timeout_seconds,
             backoff,
             metadata,
+            plan_tier: _,
         } = ev
         else {
             return Err(reject(ev, None, "the job has no JobEnqueued event"));

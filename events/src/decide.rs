@@ -135,6 +135,7 @@ pub fn decide(
                 timeout_seconds: spec.timeout_seconds,
                 backoff: spec.backoff,
                 metadata: spec.metadata.clone(),
+                plan_tier: spec.plan_tier.clone(),
             }])
         }
         (Some(_), Command::Enqueue(_)) => return Err(Rejection::AlreadyExists),

@@ -32,6 +32,10 @@ pub enum JobEvent {
         timeout_seconds: u32,
         backoff: Backoff,
         metadata: Value,
+        /// The enqueuer's plan tier (from its token), so every instance can enforce the
+        /// tenant's lease limits without seeing that token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_tier: Option<String>,
     },
     /// The job's `lease_id` is the stream sequence of this event.
     #[serde(rename = "JobLeased")]

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod envelope;
 pub mod event;
 pub mod job;
+pub mod platform;
 pub mod stream;
 pub mod validate;
 

@@ -80,6 +80,8 @@ pub struct EnqueueSpec {
     pub timeout_seconds: u32,
     pub backoff: Backoff,
     pub metadata: Value,
+    /// Filled in by the service from the caller's token, not from the request.
+    pub plan_tier: Option<String>,
 }
 
 /// `type` and `queue`: 1–128 characters of `[A-Za-z0-9._:-]`.
@@ -228,6 +230,7 @@ impl EnqueueRequest {
             timeout_seconds,
             backoff,
             metadata,
+            plan_tier: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use events::envelope::DecodeError;
+use events::platform::{PlatformEnvelope, PlatformEvent};
 use events::stream::parse_job_subject;
 use events::{apply, Envelope, Job, JobEvent, Recorded};
 use serde_json::Value;
@@ -101,6 +102,104 @@ fn decode(m: &Incoming) -> anyhow::Result<Option<Recorded>> {
     }
 }
 
+/// A tenant or worker event, if the message is one.
+fn decode_platform(m: &Incoming) -> anyhow::Result<Option<PlatformEnvelope>> {
+    if !(m.subject.starts_with("jobs.tenants.") || m.subject.starts_with("jobs.workers.")) {
+        return Ok(None);
+    }
+    match PlatformEnvelope::from_json(&m.payload) {
+        Ok(p) => Ok(Some(p)),
+        Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {}: {e}", m.seq),
+        Err(e) => {
+            tracing::error!(seq = m.seq, subject = %m.subject, error = %e, "undecodable event; skipped");
+            Ok(None)
+        }
+    }
+}
+
+/// Tenant overrides and worker draining, in stream order.
+async fn apply_platform(
+    tx: &mut sqlx::PgConnection,
+    events: &[PlatformEnvelope],
+) -> anyhow::Result<()> {
+    for env in events {
+        let actor = serde_json::to_value(&env.actor)?;
+        match &env.event {
+            PlatformEvent::LimitsOverridden {
+                tenant_id,
+                overrides,
+            } => {
+                sqlx::query(
+                    "INSERT INTO tenant_overrides (tenant_id, overrides, updated_at, updated_by) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (tenant_id) DO UPDATE SET overrides = EXCLUDED.overrides,
+                        updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by",
+                )
+                .bind(tenant_id)
+                .bind(serde_json::to_value(overrides)?)
+                .bind(env.at)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?;
+            }
+            PlatformEvent::OverridesCleared { tenant_id } => {
+                sqlx::query("DELETE FROM tenant_overrides WHERE tenant_id = $1")
+                    .bind(tenant_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            PlatformEvent::WorkerDrained { worker_id }
+            | PlatformEvent::WorkerUndrained { worker_id } => {
+                let draining = matches!(env.event, PlatformEvent::WorkerDrained { .. });
+                sqlx::query(
+                    "INSERT INTO workers (worker_id, first_seen, last_seen, draining) VALUES ($1, $2, $2, $3)
+                     ON CONFLICT (worker_id) DO UPDATE SET draining = EXCLUDED.draining",
+                )
+                .bind(worker_id)
+                .bind(env.at)
+                .bind(draining)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The workers registry: first and last time each worker acted on a job.
+async fn record_workers(tx: &mut sqlx::PgConnection, recs: &[Recorded]) -> anyhow::Result<()> {
+    let mut seen: HashMap<&str, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    for r in recs {
+        let worker = match (&r.envelope.event, &r.envelope.actor) {
+            (JobEvent::Leased { worker_id, .. }, _) => worker_id.as_str(),
+            (_, a) if a.kind == events::ActorKind::Worker => a.id.as_str(),
+            _ => continue,
+        };
+        let e = seen.entry(worker).or_insert((r.envelope.at, r.envelope.at));
+        e.0 = e.0.min(r.envelope.at);
+        e.1 = e.1.max(r.envelope.at);
+    }
+    if seen.is_empty() {
+        return Ok(());
+    }
+    let (ids, (first, last)): (Vec<String>, (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)) = seen
+        .into_iter()
+        .map(|(w, (f, l))| (w.to_string(), (f, l)))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO workers (worker_id, first_seen, last_seen)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+         ON CONFLICT (worker_id) DO UPDATE SET first_seen = LEAST(workers.first_seen, EXCLUDED.first_seen),
+            last_seen = GREATEST(workers.last_seen, EXCLUDED.last_seen)",
+    )
+    .bind(&ids)
+    .bind(&first)
+    .bind(&last)
+    .execute(&mut *tx)
+    .await
+    .context("recording workers")?;
+    Ok(())
+}
+
 #[derive(Default)]
 struct Rows {
     id: Vec<Uuid>,
@@ -116,6 +215,7 @@ struct Rows {
     last_error_code: Vec<Option<String>>,
     version: Vec<i64>,
     last_event_seq: Vec<i64>,
+    lease_worker_id: Vec<Option<String>>,
     doc: Vec<Value>,
 }
 
@@ -135,6 +235,8 @@ impl Rows {
             .push(j.last_error.as_ref().and_then(|e| e.code.clone()));
         self.version.push(j.version as i64);
         self.last_event_seq.push(j.last_event_seq as i64);
+        self.lease_worker_id
+            .push(j.lease.as_ref().map(|l| l.worker_id.clone()));
         self.doc
             .push(serde_json::to_value(j).expect("a job always serializes"));
     }
@@ -167,11 +269,16 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
         });
     }
     let mut recs: Vec<Recorded> = Vec::with_capacity(fresh.len());
+    let mut platform: Vec<PlatformEnvelope> = Vec::new();
     for m in &fresh {
         if let Some(r) = decode(m)? {
             recs.push(r);
+        } else if let Some(p) = decode_platform(m)? {
+            platform.push(p);
         }
     }
+    apply_platform(&mut tx, &platform).await?;
+    record_workers(&mut tx, &recs).await?;
 
     let ids: Vec<Uuid> = recs
         .iter()
@@ -249,15 +356,16 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
     if !rows.id.is_empty() {
         sqlx::query(
             "INSERT INTO jobs (id, tenant_id, type, queue, priority, status, run_at, created_at, updated_at,
-                               dead_lettered_at, last_error_code, version, last_event_seq, doc)
+                               dead_lettered_at, last_error_code, version, last_event_seq, doc, lease_worker_id)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[],
                                   $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                                  $11::text[], $12::int8[], $13::int8[], $14::jsonb[])
+                                  $11::text[], $12::int8[], $13::int8[], $14::jsonb[], $15::text[])
              ON CONFLICT (id) DO UPDATE SET
                 type = EXCLUDED.type, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
                 status = EXCLUDED.status, run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at,
                 dead_lettered_at = EXCLUDED.dead_lettered_at, last_error_code = EXCLUDED.last_error_code,
-                version = EXCLUDED.version, last_event_seq = EXCLUDED.last_event_seq, doc = EXCLUDED.doc",
+                version = EXCLUDED.version, last_event_seq = EXCLUDED.last_event_seq, doc = EXCLUDED.doc,
+                lease_worker_id = EXCLUDED.lease_worker_id",
         )
         .bind(&rows.id)
         .bind(&rows.tenant_id)
@@ -273,6 +381,7 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
         .bind(&rows.version)
         .bind(&rows.last_event_seq)
         .bind(&rows.doc)
+        .bind(&rows.lease_worker_id)
         .execute(&mut *tx)
         .await
         .context("upserting jobs")?;

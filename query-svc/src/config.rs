@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use common::config::{AuthArgs, LogArgs, NatsArgs};
+use common::config::{AuthArgs, LogArgs, NatsArgs, PlanArgs};
 
 /// query-svc: list and read jobs (the read side of the Jobs Service).
 #[derive(Debug, Clone, clap::Parser)]
@@ -29,6 +29,8 @@ pub struct Config {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub plans: PlanArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

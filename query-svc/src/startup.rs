@@ -25,6 +25,7 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub cursor: CursorKey,
     pub projection: watch::Receiver<u64>,
+    pub plans: Arc<common::plans::Plans>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -78,6 +79,9 @@ impl Application {
             verifier,
             cursor: CursorKey::new(&cursor_secret(&config)?),
             projection: rx,
+            plans: Arc::new(common::plans::Plans::load(
+                config.plans.plans_file.as_deref(),
+            )?),
         };
         let router = common::server::finish(routes::router(state), Metrics::new());
         let listener = TcpListener::bind(config.query_addr)

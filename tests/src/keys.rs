@@ -96,7 +96,7 @@ impl Keys {
         let now = chrono::Utc::now().timestamp();
         json!({
             "sub": Uuid::new_v4(), "tenantId": tenant, "email": "t@example.com",
-            "roles": roles, "planTier": "professional", "iat": now, "exp": now + 3600,
+            "roles": roles, "planTier": "enterprise", "iat": now, "exp": now + 3600,
         })
     }
 

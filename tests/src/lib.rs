@@ -80,6 +80,7 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         max_batch_body_bytes: 16 * 1024 * 1024,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
+        plans: common::config::PlanArgs { plans_file: None },
         log: log_args(),
     }
 }
@@ -92,6 +93,7 @@ pub fn query_config(nats_url: &str, db_url: &str, keys: &Keys) -> query_svc::Con
         db_pool: 8,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
+        plans: common::config::PlanArgs { plans_file: None },
         log: log_args(),
     }
 }

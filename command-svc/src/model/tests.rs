@@ -60,7 +60,7 @@ impl World {
 
     fn lease_next(&mut self, types: &[&str], now: DateTime<Utc>) -> Option<Job> {
         let types: Vec<String> = types.iter().map(|s| s.to_string()).collect();
-        let job = self.model.take(&types, None)?;
+        let job = self.model.take(&types, None, |_, _| u64::MAX)?;
         Some(self.record(
             job.tenant_id,
             job.id,
@@ -175,8 +175,14 @@ fn a_taken_job_goes_back_when_its_lease_fails_and_finished_jobs_leave() {
     let mut w = World::new();
     let t = Uuid::new_v4();
     let id = w.enqueue(t, json!({"type": "a", "payload": {}}), t0());
-    let taken = w.model.take(&["a".to_string()], None).unwrap();
-    assert!(w.model.take(&["a".to_string()], None).is_none());
+    let taken = w
+        .model
+        .take(&["a".to_string()], None, |_, _| u64::MAX)
+        .unwrap();
+    assert!(w
+        .model
+        .take(&["a".to_string()], None, |_, _| u64::MAX)
+        .is_none());
     assert!(w.model.release(&taken.id, t0()));
     let job = w.lease_next(&["a"], t0()).unwrap();
     let lease_id = job.lease.unwrap().lease_id;
@@ -232,12 +238,61 @@ fn queues_filter_what_a_lease_takes() {
     );
     let got = w
         .model
-        .take(&["a".to_string()], Some(&["critical".to_string()]))
+        .take(
+            &["a".to_string()],
+            Some(&["critical".to_string()]),
+            |_, _| u64::MAX,
+        )
         .unwrap();
     assert_eq!(got.id, crit);
     assert!(w
         .model
-        .take(&["a".to_string()], Some(&["critical".to_string()]))
+        .take(
+            &["a".to_string()],
+            Some(&["critical".to_string()]),
+            |_, _| u64::MAX
+        )
         .is_none());
     assert_eq!(w.model.ready_depth()["a"], 1);
+}
+
+#[test]
+fn a_tenant_at_its_lease_limit_waits_while_others_are_served() {
+    let mut w = World::new();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    for _ in 0..5 {
+        w.enqueue(a, json!({"type": "a", "payload": {}}), t0());
+        w.enqueue(b, json!({"type": "a", "payload": {}}), t0());
+    }
+    let limit = |_: &WriteModel, t: Uuid| if t == a { 2 } else { 100 };
+    let mut got = Vec::new();
+    while let Some(job) = w.model.take(&["a".to_string()], None, limit) {
+        let leased = w.record(
+            job.tenant_id,
+            job.id,
+            &Command::Lease {
+                worker_id: "w".into(),
+                lease_seconds: 30,
+            },
+            t0(),
+        );
+        got.push(leased.tenant_id);
+    }
+    assert_eq!(
+        got.iter().filter(|t| **t == a).count(),
+        2,
+        "A is capped at 2 leases"
+    );
+    assert_eq!(
+        got.iter().filter(|t| **t == b).count(),
+        5,
+        "B gets all of its jobs"
+    );
+    assert_eq!(
+        w.model.counts(&a),
+        TenantCounts {
+            active: 5,
+            leased: 2
+        }
+    );
 }

@@ -156,13 +156,19 @@ async fn redrive(
         .collect()
         .await;
     let mut requeued = 0;
+    let mut last_seq = 0;
     for o in outcomes {
         match o {
-            Ok(_) => requeued += 1,
+            Ok(job) => {
+                requeued += 1;
+                last_seq = last_seq.max(job.last_event_seq);
+            }
             // Requeued (or purged) by someone else meanwhile: not ours to count.
             Err(ApiError::InvalidState(_) | ApiError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(envelope(StatusCode::OK, json!({ "requeued": requeued })))
+    let mut res = envelope(StatusCode::OK, json!({ "requeued": requeued }));
+    res.headers_mut().insert("x-event-seq", axum::http::HeaderValue::from(last_seq));
+    Ok(res)
 }

@@ -21,6 +21,10 @@ use serde_json::json;
 use crate::config::Config;
 use crate::startup::AppState;
 use crate::store::AppendError;
+use common::plans::Limits;
+
+/// What `Retry-After` says when the active-jobs quota is full: jobs finish at their own pace.
+const ACTIVE_RETRY_AFTER: u64 = 5;
 
 pub const MAX_BATCH: usize = 500;
 
@@ -45,21 +49,40 @@ struct BatchRequest {
 }
 
 /// Checks one request and turns it into the first event of a new job.
+/// The caller's plan tier and effective limits.
+fn tenancy(state: &AppState, user: &AuthUser) -> (String, Limits) {
+    let (tier, _) = state.engine.plans.tier(user.claims.plan_tier.as_deref());
+    let tier = tier.to_string();
+    let overrides = state
+        .engine
+        .model()
+        .overrides
+        .get(&user.tenant_id())
+        .cloned();
+    let limits = state
+        .engine
+        .plans
+        .effective(Some(&tier), overrides.as_ref());
+    (tier, limits)
+}
+
+/// Checks one request and turns it into the first event of a new job.
 fn new_job(
-    state: &AppState,
     user: &AuthUser,
     req: EnqueueRequest,
     prefix: &str,
     now: chrono::DateTime<chrono::Utc>,
+    (tier, max_payload): (&str, usize),
 ) -> Result<Envelope, Vec<FieldError>> {
-    let spec: EnqueueSpec = req.validate(now, prefix)?;
+    let mut spec: EnqueueSpec = req.validate(now, prefix)?;
     let size = serde_json::to_vec(&spec.payload).map_or(0, |b| b.len());
-    if size > state.max_payload_bytes {
+    if size > max_payload {
         return Err(vec![FieldError::new(
             format!("{prefix}payload"),
             "too large",
         )]);
     }
+    spec.plan_tier = Some(tier.to_string());
     let mut events = decide(None, &Command::Enqueue(spec), now).map_err(|r| match r {
         events::Rejection::Validation(f) => f,
         other => vec![FieldError::new("body", other.to_string())],
@@ -74,6 +97,32 @@ fn new_job(
         actor: Actor::user(user.actor_id()),
         event: events.remove(0),
     })
+}
+
+/// The tenant's active-jobs quota and enqueue rate, for `n` new jobs. Nothing is appended when
+/// either says no.
+fn admit(state: &AppState, user: &AuthUser, limits: &Limits, n: u64) -> ApiResult<()> {
+    let active = state.engine.model().counts(&user.tenant_id()).active;
+    if active + n > limits.max_active_jobs {
+        return Err(ApiError::QuotaExceeded {
+            message: format!(
+                "the tenant has {active} active jobs (scheduled, pending or leased); its limit is {}",
+                limits.max_active_jobs
+            ),
+            retry_after: ACTIVE_RETRY_AFTER,
+        });
+    }
+    state
+        .engine
+        .rate
+        .take(user.tenant_id(), n, limits, std::time::Instant::now())
+        .map_err(|retry_after| ApiError::RateLimited {
+            message: format!(
+                "the tenant may enqueue {} jobs per second",
+                limits.enqueue_per_second
+            ),
+            retry_after,
+        })
 }
 
 fn payload_too_large(errors: &[FieldError]) -> bool {
@@ -106,8 +155,10 @@ async fn enqueue(
     ApiJson(req): ApiJson<EnqueueRequest>,
 ) -> ApiResult<Response> {
     let now = common::now();
-    let env =
-        new_job(&state, &user, req, "", now).map_err(|e| reject(e, state.max_payload_bytes))?;
+    let (tier, limits) = tenancy(&state, &user);
+    let max = (limits.max_payload_bytes as usize).min(state.max_payload_bytes);
+    let env = new_job(&user, req, "", now, (&tier, max)).map_err(|e| reject(e, max))?;
+    admit(&state, &user, &limits, 1)?;
     let traceparent = common::context::current().child_traceparent();
     let seq = match state.store.append(&env, &traceparent, 0).await {
         Ok(seq) => seq,
@@ -154,17 +205,20 @@ async fn enqueue_batch(
         ));
     }
     let now = common::now();
+    let (tier, limits) = tenancy(&state, &user);
+    let max = (limits.max_payload_bytes as usize).min(state.max_payload_bytes);
     let mut envs = Vec::with_capacity(n);
     let mut errors = Vec::new();
     for (i, r) in req.jobs.into_iter().enumerate() {
-        match new_job(&state, &user, r, &format!("jobs[{i}]."), now) {
+        match new_job(&user, r, &format!("jobs[{i}]."), now, (&tier, max)) {
             Ok(env) => envs.push(env),
             Err(e) => errors.extend(e),
         }
     }
     if !errors.is_empty() {
-        return Err(reject(errors, state.max_payload_bytes));
+        return Err(reject(errors, max));
     }
+    admit(&state, &user, &limits, n as u64)?;
     let traceparent = common::context::current().child_traceparent();
     let seqs = match state.store.append_new_jobs(&envs, &traceparent).await {
         Ok(seqs) => seqs,

@@ -1,6 +1,7 @@
 //! The routes of command-svc: the public ones behind the route-to-roles table, and the worker
 //! protocol, which only the mTLS listener serves.
 
+mod admin;
 mod dlq;
 mod enqueue;
 mod health;
@@ -18,6 +19,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .merge(enqueue::router(config))
         .merge(jobs::router())
         .merge(dlq::router())
+        .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::idempotency::layer,

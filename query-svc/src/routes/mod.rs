@@ -1,9 +1,11 @@
 //! The public routes of query-svc; `router` merges them behind the route-to-roles table.
 
+mod admin;
 mod dlq;
 mod explain;
 mod health;
 mod jobs;
+mod quota;
 
 use axum::Router;
 
@@ -14,6 +16,8 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(dlq::router())
         .merge(explain::router())
+        .merge(quota::router())
+        .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.verifier.clone(),
             common::auth::authorize,

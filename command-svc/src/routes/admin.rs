@@ -1,0 +1,176 @@
+//! Admin writes (role admin): a tenant's limit overrides and draining a worker. Each is an
+//! event on its own subject, so the audit trail shows who changed what; every instance folds it
+//! from the stream, and this one at once.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{post, put};
+use axum::Router;
+use common::auth::AuthUser;
+use common::error::envelope;
+use common::json::{ApiJson, OptionalJson};
+use common::{ApiError, ApiResult};
+use events::platform::{LimitOverrides, PlatformEnvelope, PlatformEvent};
+use events::validate::FieldError;
+use events::Actor;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::routes::jobs::EmptyBody;
+use crate::startup::AppState;
+
+/// The largest value an override may set.
+const MAX_LIMIT: u64 = 1_000_000_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/jobs/v1/admin/tenants/{tenant_id}/overrides",
+            put(set_overrides).delete(clear_overrides),
+        )
+        .route("/jobs/v1/admin/workers/{worker_id}/drain", post(drain))
+        .route("/jobs/v1/admin/workers/{worker_id}/undrain", post(undrain))
+}
+
+async fn append(state: &AppState, user: &AuthUser, event: PlatformEvent) -> ApiResult<u64> {
+    let env = PlatformEnvelope::new(
+        user.tenant_id(),
+        common::now(),
+        Actor::user(user.actor_id()),
+        event,
+    );
+    let traceparent = common::context::current().child_traceparent();
+    let seq = state.store.append_platform(&env, &traceparent).await?;
+    state.engine.model().fold_platform(&env.event);
+    Ok(seq)
+}
+
+fn with_seq(mut res: Response, seq: u64) -> Response {
+    res.headers_mut()
+        .insert("x-event-seq", HeaderValue::from(seq));
+    res
+}
+
+fn tenant(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::validation("tenant_id", "must be a UUID"))
+}
+
+async fn set_overrides(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(tenant_id): Path<String>,
+    ApiJson(overrides): ApiJson<LimitOverrides>,
+) -> ApiResult<Response> {
+    let tenant_id = tenant(&tenant_id)?;
+    if overrides.is_empty() {
+        return Err(ApiError::validation(
+            "body",
+            "give at least one of max_active_jobs, enqueue_per_second, max_payload_bytes, max_concurrent_leases",
+        ));
+    }
+    let fields = [
+        ("max_active_jobs", overrides.max_active_jobs),
+        ("enqueue_per_second", overrides.enqueue_per_second),
+        ("max_payload_bytes", overrides.max_payload_bytes),
+        ("max_concurrent_leases", overrides.max_concurrent_leases),
+    ];
+    let errors: Vec<FieldError> = fields
+        .iter()
+        .filter(|(_, v)| v.is_some_and(|v| v == 0 || v > MAX_LIMIT))
+        .map(|(f, _)| FieldError::new(*f, format!("must be between 1 and {MAX_LIMIT}")))
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let seq = append(
+        &state,
+        &user,
+        PlatformEvent::LimitsOverridden {
+            tenant_id,
+            overrides: overrides.clone(),
+        },
+    )
+    .await?;
+    Ok(with_seq(
+        envelope(
+            StatusCode::OK,
+            json!({ "tenant_id": tenant_id, "overrides": overrides }),
+        ),
+        seq,
+    ))
+}
+
+async fn clear_overrides(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(tenant_id): Path<String>,
+) -> ApiResult<Response> {
+    let tenant_id = tenant(&tenant_id)?;
+    let seq = append(&state, &user, PlatformEvent::OverridesCleared { tenant_id }).await?;
+    Ok(with_seq(
+        envelope(
+            StatusCode::OK,
+            json!({ "tenant_id": tenant_id, "overrides": {} }),
+        ),
+        seq,
+    ))
+}
+
+fn worker(id: &str) -> ApiResult<String> {
+    if id.is_empty() || id.len() > 1024 || id.contains('\0') {
+        return Err(ApiError::validation(
+            "worker_id",
+            "must be 1 to 1024 characters",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+async fn drain(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(worker_id): Path<String>,
+    OptionalJson(_): OptionalJson<EmptyBody>,
+) -> ApiResult<Response> {
+    let worker_id = worker(&worker_id)?;
+    let seq = append(
+        &state,
+        &user,
+        PlatformEvent::WorkerDrained {
+            worker_id: worker_id.clone(),
+        },
+    )
+    .await?;
+    Ok(with_seq(
+        envelope(
+            StatusCode::OK,
+            json!({ "worker_id": worker_id, "draining": true }),
+        ),
+        seq,
+    ))
+}
+
+async fn undrain(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(worker_id): Path<String>,
+    OptionalJson(_): OptionalJson<EmptyBody>,
+) -> ApiResult<Response> {
+    let worker_id = worker(&worker_id)?;
+    let seq = append(
+        &state,
+        &user,
+        PlatformEvent::WorkerUndrained {
+            worker_id: worker_id.clone(),
+        },
+    )
+    .await?;
+    Ok(with_seq(
+        envelope(
+            StatusCode::OK,
+            json!({ "worker_id": worker_id, "draining": false }),
+        ),
+        seq,
+    ))
+}

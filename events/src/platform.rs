@@ -1,0 +1,151 @@
+//! Events that are not about one job: a tenant's limit overrides (`jobs.tenants.<tenant>`) and a
+//! worker's draining (`jobs.workers.<hash of its id>`). Same envelope shape as job events, without
+//! `job_id`, so an auditor reads them the same way.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::envelope::{Actor, DecodeError, SCHEMA_VERSION};
+
+/// Any subset of a tenant's limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_jobs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_leases: Option<u64>,
+}
+
+impl LimitOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum PlatformEvent {
+    /// The tenant's overrides are now exactly `overrides` (replacing earlier ones).
+    #[serde(rename = "TenantLimitsOverridden")]
+    LimitsOverridden {
+        tenant_id: Uuid,
+        overrides: LimitOverrides,
+    },
+    /// The tenant is back to its plan tier's defaults.
+    #[serde(rename = "TenantOverridesCleared")]
+    OverridesCleared { tenant_id: Uuid },
+    /// The worker gets no new leases; it may finish what it holds.
+    #[serde(rename = "WorkerDrained")]
+    WorkerDrained { worker_id: String },
+    #[serde(rename = "WorkerUndrained")]
+    WorkerUndrained { worker_id: String },
+}
+
+impl PlatformEvent {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::LimitsOverridden { .. } => "TenantLimitsOverridden",
+            Self::OverridesCleared { .. } => "TenantOverridesCleared",
+            Self::WorkerDrained { .. } => "WorkerDrained",
+            Self::WorkerUndrained { .. } => "WorkerUndrained",
+        }
+    }
+
+    /// The subject the event lives on.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::LimitsOverridden { tenant_id, .. } | Self::OverridesCleared { tenant_id } => {
+                format!("jobs.tenants.{tenant_id}")
+            }
+            Self::WorkerDrained { worker_id } | Self::WorkerUndrained { worker_id } => {
+                format!("jobs.workers.{}", worker_token(worker_id))
+            }
+        }
+    }
+}
+
+/// A subject-safe token for a worker id (ids are URIs, with dots and slashes).
+pub fn worker_token(worker_id: &str) -> String {
+    let h = Sha256::digest(worker_id.as_bytes());
+    h[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformEnvelope {
+    pub event_id: Uuid,
+    pub schema_version: u32,
+    /// The tenant acted on (overrides) or the acting admin's tenant (workers).
+    pub tenant_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub actor: Actor,
+    #[serde(flatten)]
+    pub event: PlatformEvent,
+}
+
+impl PlatformEnvelope {
+    pub fn new(tenant_id: Uuid, at: DateTime<Utc>, actor: Actor, event: PlatformEvent) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            schema_version: SCHEMA_VERSION,
+            tenant_id,
+            at,
+            actor,
+            event,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: serde_json::Value = serde_json::from_slice(bytes)?;
+        let version = raw
+            .get("schema_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1) as u32;
+        if version > SCHEMA_VERSION {
+            return Err(DecodeError::TooNew(version));
+        }
+        Ok(serde_json::from_value(raw)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_events_round_trip_on_their_own_subjects() {
+        let t = Uuid::new_v4();
+        let e = PlatformEnvelope::new(
+            t,
+            Utc::now(),
+            Actor::user("admin"),
+            PlatformEvent::LimitsOverridden {
+                tenant_id: t,
+                overrides: LimitOverrides {
+                    max_active_jobs: Some(7),
+                    ..Default::default()
+                },
+            },
+        );
+        assert_eq!(PlatformEnvelope::from_json(&e.to_json()).unwrap(), e);
+        assert_eq!(e.event.subject(), format!("jobs.tenants.{t}"));
+        let w = PlatformEvent::WorkerDrained {
+            worker_id: "spiffe://x/worker/a.b".into(),
+        };
+        let subject = w.subject();
+        assert!(
+            subject.starts_with("jobs.workers.") && subject.split('.').count() == 3,
+            "{subject}"
+        );
+    }
+}
