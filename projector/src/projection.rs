@@ -181,10 +181,9 @@ async fn record_workers(tx: &mut sqlx::PgConnection, recs: &[Recorded]) -> anyho
     if seen.is_empty() {
         return Ok(());
     }
-    let (ids, (first, last)): (Vec<String>, (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)) = seen
-        .into_iter()
-        .map(|(w, (f, l))| (w.to_string(), (f, l)))
-        .unzip();
+    let ids: Vec<String> = seen.keys().map(|w| w.to_string()).collect();
+    let first: Vec<DateTime<Utc>> = seen.values().map(|v| v.0).collect();
+    let last: Vec<DateTime<Utc>> = seen.values().map(|v| v.1).collect();
     sqlx::query(
         "INSERT INTO workers (worker_id, first_seen, last_seen)
          SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])

@@ -169,6 +169,7 @@ async fn redrive(
         }
     }
     let mut res = envelope(StatusCode::OK, json!({ "requeued": requeued }));
-    res.headers_mut().insert("x-event-seq", axum::http::HeaderValue::from(last_seq));
+    res.headers_mut()
+        .insert("x-event-seq", axum::http::HeaderValue::from(last_seq));
     Ok(res)
 }
