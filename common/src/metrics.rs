@@ -12,10 +12,14 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+type Hook = Box<dyn Fn() + Send + Sync>;
+
 pub struct Metrics {
     pub registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    /// Run before each scrape, to refresh gauges read from elsewhere (e.g. the DB pool).
+    hooks: std::sync::Mutex<Vec<Hook>>,
 }
 
 impl Metrics {
@@ -50,6 +54,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            hooks: Default::default(),
         })
     }
 
@@ -60,7 +65,35 @@ impl Metrics {
             .expect("metric registered once");
     }
 
+    /// Runs `f` before every scrape.
+    pub fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+        self.hooks.lock().expect("hooks lock").push(Box::new(f));
+    }
+
+    /// Exports the connection pool's use as `jobs_db_pool_connections{state}`.
+    pub fn watch_pool(&self, pool: sqlx::PgPool) {
+        let g = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "jobs_db_pool_connections",
+                "Postgres pool connections, by state (idle, in_use, max).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        self.register(&g);
+        let max = pool.options().get_max_connections() as i64;
+        self.on_scrape(move || {
+            let (size, idle) = (pool.size() as i64, pool.num_idle() as i64);
+            g.with_label_values(&["idle"]).set(idle);
+            g.with_label_values(&["in_use"]).set(size - idle);
+            g.with_label_values(&["max"]).set(max);
+        });
+    }
+
     pub fn render(&self) -> Response {
+        for hook in self.hooks.lock().expect("hooks lock").iter() {
+            hook();
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

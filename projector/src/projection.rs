@@ -299,12 +299,15 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
     let mut changed: HashSet<Uuid> = HashSet::new();
     let mut purged: HashSet<Uuid> = HashSet::new();
     let mut history: Vec<&Recorded> = Vec::new();
+    let mut rollups = crate::rollups::Rollups::default();
     for rec in &recs {
         let id = rec.envelope.job_id;
         match apply(state.get(&id), rec) {
             Ok(job) => {
                 out.applied += 1;
-                if matches!(rec.envelope.event, JobEvent::Purged {}) {
+                let purge = matches!(rec.envelope.event, JobEvent::Purged {});
+                rollups.record(rec, state.get(&id), (!purge).then_some(&job));
+                if purge {
                     purged.insert(id);
                     state.remove(&id);
                     changed.remove(&id);
@@ -320,6 +323,11 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
             }
         }
     }
+
+    rollups
+        .write(&mut tx)
+        .await
+        .context("updating the tenant rollups")?;
 
     // The last lease per job type, for `explain`.
     let mut activity: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();

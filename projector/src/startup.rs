@@ -49,6 +49,7 @@ impl Application {
         let js = common::nats::jetstream(&client);
         common::nats::ensure_stream(&js).await?;
         let metrics = Metrics::new();
+        metrics.watch_pool(pool.clone());
         let pm = ProjectorMetrics::new(&metrics);
         let checkpoint = Arc::new(AtomicU64::new(0));
         let projector = Projector {

@@ -83,7 +83,9 @@ impl Application {
                 config.plans.plans_file.as_deref(),
             )?),
         };
-        let router = common::server::finish(routes::router(state), Metrics::new());
+        let metrics = Metrics::new();
+        metrics.watch_pool(pool.clone());
+        let router = common::server::finish(routes::router(state), metrics);
         let listener = TcpListener::bind(config.query_addr)
             .await
             .with_context(|| format!("JOBS_QUERY_ADDR: binding {}", config.query_addr))?;

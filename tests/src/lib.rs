@@ -405,3 +405,75 @@ impl Worker {
         self.post(&path, &b).await.expect("sent")
     }
 }
+
+/// Every job event in the stream at `nats_url`, in order.
+pub async fn all_events(nats_url: &str) -> Vec<events::Recorded> {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
+    let stream = js.get_stream("JOBS_EVENTS").await.expect("stream");
+    let mut consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "jobs.events.>".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut out = Vec::new();
+    if consumer.info().await.expect("info").num_pending == 0 {
+        return out;
+    }
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(m) = messages.next().await {
+        let m = m.expect("message");
+        let info = m.info().expect("info");
+        out.push(events::Recorded {
+            seq: info.stream_sequence,
+            envelope: events::Envelope::from_json(&m.payload).expect("an event"),
+        });
+        if info.pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Prometheus text parsed into (series with labels, value); panics on a malformed line.
+pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let rest = rest.trim_start();
+            assert!(
+                rest.starts_with("HELP ") || rest.starts_with("TYPE "),
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "bad labels in {line}");
+        }
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        out.insert(series.to_string(), v);
+    }
+    out
+}

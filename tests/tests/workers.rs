@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
-use tests::{email_job, event_seq, eventually, Bin, TestApp, Tls, Worker};
+use tests::{all_events, email_job, event_seq, eventually, Bin, TestApp, Tls, Worker};
 use uuid::Uuid;
 
 async fn enqueue_batch(app: &TestApp, token: &str, jobs: Vec<Value>) -> (Vec<Value>, u64) {
@@ -22,37 +21,6 @@ async fn enqueue_batch(app: &TestApp, token: &str, jobs: Vec<Value>) -> (Vec<Val
     let seq = event_seq(&res);
     let body: Value = res.json().await.unwrap();
     (body["data"]["jobs"].as_array().unwrap().clone(), seq)
-}
-
-/// Every event in the stream, in order.
-async fn all_events(nats_url: &str) -> Vec<events::Recorded> {
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
-    let stream = js.get_stream("JOBS_EVENTS").await.unwrap();
-    let mut consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: "jobs.events.>".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let pending = consumer.info().await.unwrap().num_pending;
-    let mut out = Vec::new();
-    if pending == 0 {
-        return out;
-    }
-    let mut messages = consumer.messages().await.unwrap();
-    while let Some(m) = messages.next().await {
-        let m = m.unwrap();
-        let info = m.info().unwrap();
-        out.push(events::Recorded {
-            seq: info.stream_sequence,
-            envelope: events::Envelope::from_json(&m.payload).unwrap(),
-        });
-        if info.pending == 0 {
-            break;
-        }
-    }
-    out
 }
 
 /// Folds the stream per job with `apply` (which refuses a second lease while one is held, and

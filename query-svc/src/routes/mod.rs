@@ -5,6 +5,7 @@ mod dlq;
 mod explain;
 mod health;
 mod jobs;
+pub mod metrics;
 mod quota;
 
 use axum::Router;
@@ -17,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dlq::router())
         .merge(explain::router())
         .merge(quota::router())
+        .merge(metrics::router())
         .merge(admin::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.verifier.clone(),
