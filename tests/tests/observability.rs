@@ -93,7 +93,7 @@ async fn tenant_metrics_equal_the_figures_computed_from_the_stream() {
     assert_eq!(leased.len(), 20);
     for (i, j) in leased.iter().enumerate() {
         let (status, v) = match i % 5 {
-            0 | 1 | 2 => w.complete(j).await,
+            0..=2 => w.complete(j).await,
             3 => w.fail(j, true).await,
             _ => w.fail(j, false).await,
         };
