@@ -7,7 +7,7 @@
 //! the first is still running it is a 409. A record left "in flight" by a crashed process is taken
 //! over after `IN_FLIGHT_TTL` (a compare-and-set on its revision); the re-run derives the same ids
 //! (see `ids`), so it cannot create a second job. A 5xx answer (nothing was written) forgets the
-//! key so the client can retry.
+//! key so the client can retry; so does a 429 (over a limit for now).
 
 use std::time::Duration;
 
@@ -222,8 +222,9 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
     let body = to_bytes(body, usize::MAX)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-    if parts.status.is_server_error() {
-        // Nothing was written: let the client try again with the same key.
+    if parts.status.is_server_error() || parts.status == StatusCode::TOO_MANY_REQUESTS {
+        // Nothing was written (unavailable, or over a limit for now): let the client try
+        // again with the same key.
         let _ = state.idempotency.delete(&kv_key).await;
     } else {
         let done = Record {

@@ -4,7 +4,7 @@ use command_svc::{Application, Config};
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    common::telemetry::init(config.log.log_format);
+    let _telemetry = config.log.init("command-svc");
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -250,7 +250,10 @@ pub async fn authorize(
 ) -> Response {
     match check(&verifier, &req) {
         Ok(user) => {
-            let _ = context::current().tenant_id.set(user.tenant_id());
+            let ctx = context::current();
+            let _ = ctx.tenant_id.set(user.tenant_id());
+            ctx.span
+                .record("tenant_id", tracing::field::display(user.tenant_id()));
             req.extensions_mut().insert(user);
             next.run(req).await
         }

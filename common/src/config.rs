@@ -59,6 +59,23 @@ pub struct LogArgs {
     /// Log format: json or pretty. Filtering is by RUST_LOG (default info).
     #[arg(long, env = "JOBS_LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint traces are exported to (e.g. http://127.0.0.1:4318); unset: none.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The service name exported traces carry (default: the binary's name).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+}
+
+impl LogArgs {
+    /// Sets up logging and tracing for the process `name`; keep the guard alive.
+    pub fn init(&self, name: &str) -> crate::telemetry::Telemetry {
+        crate::telemetry::init(
+            self.log_format,
+            self.service_name.as_deref().unwrap_or(name),
+            self.otlp_endpoint.as_deref(),
+        )
+    }
 }
 
 /// Plan tiers.

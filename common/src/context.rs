@@ -22,6 +22,8 @@ pub struct RequestContext {
     /// 32 lowercase hex characters: from an incoming `traceparent`, else new.
     pub trace_id: String,
     pub tenant_id: OnceLock<Uuid>,
+    /// The request's span (logs carry its request_id, trace_id and, once known, tenant_id).
+    pub span: tracing::Span,
 }
 
 impl RequestContext {
@@ -41,11 +43,16 @@ impl RequestContext {
             request_id,
             trace_id,
             tenant_id: OnceLock::new(),
+            span: tracing::Span::none(),
         }
     }
 
-    /// A `traceparent` for work this request causes (e.g. an event it appends).
+    /// A `traceparent` for work this request causes (e.g. an event it appends): the current
+    /// span's when spans are exported, else one made from the request's trace id.
     pub fn child_traceparent(&self) -> String {
+        if let Some(tp) = crate::telemetry::current_traceparent() {
+            return tp;
+        }
         let mut span = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut span);
         format!("00-{}-{}-01", self.trace_id, hex::encode(span))
@@ -89,15 +96,23 @@ pub fn current() -> Arc<RequestContext> {
 
 /// Middleware: set up the context, run the request in it, echo `x-request-id`.
 pub async fn request_context(req: Request, next: Next) -> Response {
-    let ctx = Arc::new(RequestContext::from_headers(req.headers()));
-    let request_id = ctx.request_id.clone();
+    let mut ctx = RequestContext::from_headers(req.headers());
     let span = tracing::info_span!(
         "request",
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %ctx.request_id,
-        trace_id = %ctx.trace_id,
+        trace_id = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
     );
+    // When spans are exported, meta.trace_id is the exported trace's id.
+    if let Some(id) = crate::telemetry::adopt_request_parent(&span, req.headers()) {
+        ctx.trace_id = id;
+    }
+    span.record("trace_id", ctx.trace_id.as_str());
+    ctx.span = span.clone();
+    let ctx = Arc::new(ctx);
+    let request_id = ctx.request_id.clone();
     let mut res = tracing::Instrument::instrument(CONTEXT.scope(ctx, next.run(req)), span).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut().insert(REQUEST_ID, v);

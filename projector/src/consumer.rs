@@ -12,6 +12,10 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
 use events::stream::{PROJECTOR_CONSUMER, STREAM_NAME};
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
+
+/// Most trace links a batch span carries.
+const MAX_LINKS: usize = 128;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -173,10 +177,33 @@ impl Projector {
                         seq: info.stream_sequence,
                         subject: m.subject.to_string(),
                         payload: m.payload.clone(),
+                        traceparent: m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("traceparent"))
+                            .map(|v| v.as_str().to_string()),
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            self.apply_with_retry(&incoming, stop).await?;
+            // The batch's span continues the trace of the event it applies (a batch of one), or
+            // links to each event's trace.
+            let span = tracing::info_span!(
+                "projector.apply_batch",
+                size = incoming.len(),
+                first_seq = incoming[0].seq,
+                last_seq = incoming[incoming.len() - 1].seq,
+            );
+            let single = incoming.len() == 1;
+            for tp in incoming
+                .iter()
+                .filter_map(|m| m.traceparent.as_deref())
+                .take(MAX_LINKS)
+            {
+                common::telemetry::adopt_traceparent(&span, tp, !single);
+            }
+            self.apply_with_retry(&incoming, stop)
+                .instrument(span)
+                .await?;
             let last = batch.last().expect("a batch is never empty");
             // AckPolicy::All: acknowledging the last message acknowledges the batch. A lost
             // ack only means redelivery, which the checkpoint makes harmless.

@@ -24,6 +24,8 @@ pub struct Incoming {
     pub seq: u64,
     pub subject: String,
     pub payload: Bytes,
+    /// The W3C trace context the event was appended in.
+    pub traceparent: Option<String>,
 }
 
 /// The batch does not start right after the checkpoint.

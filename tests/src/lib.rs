@@ -65,6 +65,8 @@ fn nats_args(url: &str) -> NatsArgs {
 fn log_args() -> LogArgs {
     LogArgs {
         log_format: LogFormat::Pretty,
+        otlp_endpoint: None,
+        service_name: None,
     }
 }
 

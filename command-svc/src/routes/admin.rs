@@ -34,12 +34,13 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn append(state: &AppState, user: &AuthUser, event: PlatformEvent) -> ApiResult<u64> {
-    let env = PlatformEnvelope::new(
-        user.tenant_id(),
-        common::now(),
-        Actor::user(user.actor_id()),
-        event,
-    );
+    // The envelope names the tenant acted on (overrides) or the acting admin's (workers).
+    let tenant = match &event {
+        PlatformEvent::LimitsOverridden { tenant_id, .. }
+        | PlatformEvent::OverridesCleared { tenant_id } => *tenant_id,
+        _ => user.tenant_id(),
+    };
+    let env = PlatformEnvelope::new(tenant, common::now(), Actor::user(user.actor_id()), event);
     let traceparent = common::context::current().child_traceparent();
     let seq = state.store.append_platform(&env, &traceparent).await?;
     state.engine.model().fold_platform(&env.event);

@@ -71,10 +71,20 @@ async fn update(
 ) -> ApiResult<Response> {
     let spec = req.validate().map_err(ApiError::Validation)?;
     if let Some(p) = &spec.payload {
-        if serde_json::to_vec(p).map_or(0, |b| b.len()) > state.max_payload_bytes {
+        let overrides = state
+            .engine
+            .model()
+            .overrides
+            .get(&user.tenant_id())
+            .cloned();
+        let limits = state
+            .engine
+            .plans
+            .effective(user.claims.plan_tier.as_deref(), overrides.as_ref());
+        let max = (limits.max_payload_bytes as usize).min(state.max_payload_bytes);
+        if serde_json::to_vec(p).map_or(0, |b| b.len()) > max {
             return Err(ApiError::PayloadTooLarge(format!(
-                "a job payload may be at most {} bytes",
-                state.max_payload_bytes
+                "a job payload may be at most {max} bytes"
             )));
         }
     }
