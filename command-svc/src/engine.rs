@@ -171,6 +171,7 @@ impl Engine {
             job_id: job.id,
             at,
             actor: actor.clone(),
+            prev_hash: job.last_event_hash.clone(),
             event,
         }
     }

@@ -26,6 +26,14 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
     let env = &rec.envelope;
     let at = env.at;
     let ev = &env.event;
+    // From v2 on, each event names the hash of the job's previous one.
+    if env.schema_version >= 2 && env.prev_hash != job.and_then(|j| j.last_event_hash.clone()) {
+        return Err(reject(
+            ev,
+            job,
+            "its prev_hash is not the hash of the job's last event",
+        ));
+    }
     let Some(current) = job else {
         let JobEvent::Enqueued {
             job_type,
@@ -72,6 +80,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             completed_at: None,
             version: 1,
             last_event_seq: rec.seq,
+            last_event_hash: Some(env.hash()),
         });
     };
     if rec.seq <= current.last_event_seq {
@@ -264,6 +273,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
     }
     j.version += 1;
     j.last_event_seq = rec.seq;
+    j.last_event_hash = Some(env.hash());
     j.updated_at = at;
     Ok(j)
 }

@@ -121,6 +121,9 @@ pub struct Job {
     /// Stream sequence of the job's last event: the expected last subject sequence of the
     /// next append.
     pub last_event_seq: u64,
+    /// Hash of the job's last event: the `prev_hash` of its next one.
+    #[serde(default)]
+    pub last_event_hash: Option<String>,
 }
 
 impl Job {

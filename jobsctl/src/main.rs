@@ -3,6 +3,7 @@
 //! `jobsctl token` signs a development token with the key `deploy/up` generated, so a developer
 //! can call the API without an identity provider; `jobsctl worker` is a reference worker.
 
+mod history;
 mod worker;
 
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ enum Cmd {
     Token(TokenArgs),
     /// Run jobs: lease over mTLS, run a command per job, complete or fail by its exit status.
     Worker(worker::WorkerArgs),
+    /// Print events from JOBS_EVENTS (NDJSON or a table), filtered; --follow tails new ones.
+    Replay(history::ReplayArgs),
+    /// Check the hash chains of a tenant's (or one job's) events; exit 0 intact, 2 tampered.
+    Verify(history::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +103,12 @@ async fn main() {
     let result = match cli.command {
         Cmd::Token(a) => token(a).map(|t| println!("{t}")),
         Cmd::Worker(a) => worker::run(a).await,
+        Cmd::Replay(a) => history::replay(a).await,
+        Cmd::Verify(a) => match history::verify(a).await {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(2),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("jobsctl: {e:#}");

@@ -35,6 +35,7 @@ impl World {
                     job_id,
                     at: now,
                     actor: Actor::system("t"),
+                    prev_hash: None,
                     event: e,
                 },
             };
@@ -207,6 +208,7 @@ fn a_taken_job_goes_back_when_its_lease_fails_and_finished_jobs_leave() {
             job_id: id,
             at: t0(),
             actor: Actor::worker("w"),
+            prev_hash: None,
             event: events[0].clone(),
         },
     };

@@ -95,6 +95,7 @@ fn new_job(
         job_id,
         at: now,
         actor: Actor::user(user.actor_id()),
+        prev_hash: None,
         event: events.remove(0),
     })
 }

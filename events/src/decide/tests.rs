@@ -44,6 +44,7 @@ impl Given {
                     job_id: self.id,
                     at: now,
                     actor: Actor::system("test"),
+                    prev_hash: self.job.as_ref().and_then(|j| j.last_event_hash.clone()),
                     event: e.clone(),
                 },
             };
@@ -417,7 +418,7 @@ proptest! {
             for e in events {
                 let rec = Recorded { seq, envelope: Envelope {
                     event_id: Uuid::now_v7(), schema_version: 1, tenant_id: Uuid::nil(), job_id: id,
-                    at: now, actor: Actor::user("u"), event: e,
+                    at: now, actor: Actor::user("u"), prev_hash: None, event: e,
                 }};
                 if let Ok(next) = apply(job.as_ref(), &rec) { job = Some(next) }
             }
@@ -433,7 +434,7 @@ proptest! {
             for e in events {
                 let env = Envelope {
                     event_id: Uuid::now_v7(), schema_version: 1, tenant_id: Uuid::now_v7(),
-                    job_id: probe.id, at: t0(), actor: Actor::worker("w"), event: e,
+                    job_id: probe.id, at: t0(), actor: Actor::worker("w"), prev_hash: None, event: e,
                 };
                 let back = Envelope::from_json(&env.to_json()).unwrap();
                 prop_assert_eq!(back, env);
@@ -463,6 +464,7 @@ fn the_wire_form_is_the_documented_one() {
         job_id: Uuid::nil(),
         at: t0(),
         actor: Actor::user("u1"),
+        prev_hash: None,
         event: JobEvent::Cancelled {
             reason: Some("no longer needed".into()),
             error: None,
@@ -474,7 +476,7 @@ fn the_wire_form_is_the_documented_one() {
         json!({
             "event_id": Uuid::nil(), "type": "JobCancelled", "schema_version": 1,
             "tenant_id": Uuid::nil(), "job_id": Uuid::nil(), "at": "2026-01-01T00:00:00Z",
-            "actor": {"kind": "user", "id": "u1"}, "data": {"reason": "no longer needed"}
+            "actor": {"kind": "user", "id": "u1"}, "prev_hash": null, "data": {"reason": "no longer needed"}
         })
     );
 }
@@ -484,6 +486,57 @@ fn a_golden_v1_event_keeps_decoding() {
     let golden = include_str!("../../fixtures/v1_job_enqueued.json");
     let env = Envelope::from_json(golden.as_bytes()).unwrap();
     assert_eq!(env.type_name(), "JobEnqueued");
+    assert_eq!(
+        (env.schema_version, env.prev_hash.as_deref()),
+        (1, None),
+        "upcast to v2, outside any chain"
+    );
+    let job = apply(
+        None,
+        &Recorded {
+            seq: 1,
+            envelope: env,
+        },
+    )
+    .unwrap();
+    assert_eq!(job.job_type, "email.send");
     let newer = golden.replace("\"schema_version\": 1", "\"schema_version\": 99");
     assert!(Envelope::from_json(newer.as_bytes()).is_err());
+}
+
+#[test]
+fn every_event_links_to_the_hash_of_the_one_before_and_a_broken_link_is_refused() {
+    let mut g = Given::new();
+    g.when(&enqueue(3), t0()).unwrap();
+    let first = g.job().last_event_hash.clone().unwrap();
+    g.when(&lease("w1"), t0()).unwrap();
+    assert_ne!(g.job().last_event_hash.as_deref(), Some(first.as_str()));
+    // An event whose prev_hash is not the job's last hash does not apply.
+    let forged = Recorded {
+        seq: 1000,
+        envelope: Envelope {
+            event_id: Uuid::now_v7(),
+            schema_version: crate::SCHEMA_VERSION,
+            tenant_id: Uuid::nil(),
+            job_id: g.id,
+            at: t0(),
+            actor: Actor::system("forger"),
+            prev_hash: Some(first),
+            event: JobEvent::Cancelled {
+                reason: None,
+                error: None,
+            },
+        },
+    };
+    assert!(apply(g.job.as_ref(), &forged).is_err());
+    // The hash covers every byte that matters: change one and it differs.
+    let mut altered = forged.envelope.clone();
+    altered.actor = Actor::system("forgeR");
+    assert_ne!(altered.hash(), forged.envelope.hash());
+    assert_eq!(
+        forged.envelope.hash(),
+        Envelope::from_json(&forged.envelope.to_json())
+            .unwrap()
+            .hash()
+    );
 }
