@@ -1,0 +1,308 @@
+//! Auditors: `jobsctl replay` returns exactly the matching events in stream order and follows
+//! new ones; `jobsctl verify` passes an intact history and finds and locates an altered, a
+//! deleted, a swapped and an injected event.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::procs::bin_path;
+use tests::{all_events, email_job, TestApp};
+use uuid::Uuid;
+
+fn jobsctl(args: &[&str]) -> (i32, Vec<Value>) {
+    let out = Command::new(bin_path("jobsctl"))
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+/// A job with the history enqueued → leased → heartbeat → completed.
+async fn worked_job(app: &TestApp, t: &str) -> Value {
+    let (job, _) = app.enqueue(&json!({"type": t, "payload": {"n": 1}})).await;
+    let w = app.worker("auditor-test");
+    let held = w.lease(&json!({"types": [t]})).await.remove(0);
+    assert_eq!(held["id"], job["id"]);
+    assert_eq!(
+        w.heartbeat(&held, json!({"progress": {"p": 1}})).await.0,
+        200
+    );
+    assert_eq!(w.complete(&held).await.0, 200);
+    job
+}
+
+#[tokio::test]
+async fn replay_returns_exactly_the_matching_events_and_follows_new_ones() {
+    let app = TestApp::spawn().await;
+    let other = app.keys.token(Uuid::new_v4(), &["member"]);
+    let job = worked_job(&app, "r1").await;
+    for i in 0..3 {
+        app.enqueue(&email_job(i)).await;
+        assert_eq!(app.enqueue_as(&other, &email_job(i)).await.status(), 201);
+    }
+    let all = all_events(&app.nats.url()).await;
+    let url = app.nats.url();
+    let tenant = app.tenant.to_string();
+    let seqs = |lines: &[Value]| {
+        lines
+            .iter()
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let want = |f: &dyn Fn(&events::Recorded) -> bool| {
+        all.iter()
+            .filter(|r| f(r))
+            .map(|r| r.seq)
+            .collect::<Vec<_>>()
+    };
+
+    let (code, lines) = jobsctl(&["replay", "--nats-url", &url, "--tenant", &tenant]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        seqs(&lines),
+        want(&|r| r.envelope.tenant_id == app.tenant),
+        "the tenant's events, in stream order"
+    );
+    assert!(lines.iter().all(|l| l["tenant_id"] == tenant));
+
+    let (_, lines) = jobsctl(&[
+        "replay",
+        "--nats-url",
+        &url,
+        "--tenant",
+        &tenant,
+        "--job",
+        job["id"].as_str().unwrap(),
+    ]);
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["JobEnqueued", "JobLeased", "JobHeartbeat", "JobCompleted"]
+    );
+
+    let (_, lines) = jobsctl(&[
+        "replay",
+        "--nats-url",
+        &url,
+        "--type",
+        "JobEnqueued,JobCompleted",
+    ]);
+    assert_eq!(
+        seqs(&lines),
+        want(&|r| matches!(r.envelope.type_name(), "JobEnqueued" | "JobCompleted"))
+    );
+
+    let (from, to) = (all[2].seq, all[6].seq);
+    let (_, lines) = jobsctl(&[
+        "replay",
+        "--nats-url",
+        &url,
+        "--from-seq",
+        &from.to_string(),
+        "--to-seq",
+        &to.to_string(),
+    ]);
+    assert_eq!(seqs(&lines), want(&|r| r.seq >= from && r.seq <= to));
+
+    let (since, until) = (all[3].envelope.at, all[8].envelope.at);
+    let (_, lines) = jobsctl(&[
+        "replay",
+        "--nats-url",
+        &url,
+        "--since",
+        &since.to_rfc3339(),
+        "--until",
+        &until.to_rfc3339(),
+    ]);
+    assert_eq!(
+        seqs(&lines),
+        want(&|r| r.envelope.at >= since && r.envelope.at < until)
+    );
+
+    let table = Command::new(bin_path("jobsctl"))
+        .args(["replay", "--nats-url", &url, "--format", "table"])
+        .output()
+        .unwrap();
+    assert!(table.status.success());
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        all.len() + 1,
+        "a header and a row per event"
+    );
+
+    // --follow sees an event appended after it started.
+    let mut child = Command::new(bin_path("jobsctl"))
+        .args([
+            "replay",
+            "--nats-url",
+            &url,
+            "--tenant",
+            &tenant,
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let existing = want(&|r| r.envelope.tenant_id == app.tenant).len();
+    for _ in 0..existing {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the history first");
+    }
+    let (new_job, seq) = app.enqueue(&email_job(99)).await;
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the new event");
+    assert_eq!(
+        (line["seq"].as_u64(), &line["job_id"]),
+        (Some(seq), &new_job["id"])
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn verify_passes_an_intact_history_and_locates_each_kind_of_tampering() {
+    let app = TestApp::spawn().await;
+    let url = app.nats.url();
+    let tenant = app.tenant.to_string();
+    let jobs: Vec<Value> = futures::future::join_all((0..5).map(|i| {
+        let app = &app;
+        async move { worked_job(app, &format!("v{i}")).await }
+    }))
+    .await;
+    let (code, lines) = jobsctl(&["verify", "--nats-url", &url, "--tenant", &tenant]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.last().unwrap()["intact"], true);
+    assert_eq!(lines.last().unwrap()["jobs"], 5);
+
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let stream = js.get_stream("JOBS_EVENTS").await.unwrap();
+    let history = |id: &Value| {
+        let id: Uuid = id.as_str().unwrap().parse().unwrap();
+        let url = url.clone();
+        async move {
+            all_events(&url)
+                .await
+                .into_iter()
+                .filter(|r| r.envelope.job_id == id)
+                .map(|r| r.seq)
+                .collect::<Vec<u64>>()
+        }
+    };
+    let subject = |id: &Value| format!("jobs.events.{tenant}.{}", id.as_str().unwrap());
+    let publish = |subject: String, payload: Vec<u8>| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        }
+    };
+
+    // 1. Altered: the lease event rewritten (a byte of its payload changed).
+    let h = history(&jobs[0]["id"]).await;
+    let raw = stream.get_raw_message(h[1]).await.unwrap();
+    let altered = String::from_utf8(raw.payload.to_vec())
+        .unwrap()
+        .replace("auditor-test", "auditor-tesT");
+    stream.delete_message(h[1]).await.unwrap();
+    let altered_seq = publish(subject(&jobs[0]["id"]), altered.into_bytes()).await;
+    // 2. Deleted: the heartbeat removed.
+    let h1 = history(&jobs[1]["id"]).await;
+    stream.delete_message(h1[2]).await.unwrap();
+    // 3. Swapped: heartbeat and completion in the other order.
+    let h2 = history(&jobs[2]["id"]).await;
+    let (hb, done) = (
+        stream.get_raw_message(h2[2]).await.unwrap(),
+        stream.get_raw_message(h2[3]).await.unwrap(),
+    );
+    stream.delete_message(h2[2]).await.unwrap();
+    stream.delete_message(h2[3]).await.unwrap();
+    let swapped_done = publish(subject(&jobs[2]["id"]), done.payload.to_vec()).await;
+    let swapped_hb = publish(subject(&jobs[2]["id"]), hb.payload.to_vec()).await;
+    // 4. Injected: a forged completion written straight to the stream.
+    let h3 = history(&jobs[3]["id"]).await;
+    let mut forged: Value =
+        serde_json::from_slice(&stream.get_raw_message(h3[3]).await.unwrap().payload).unwrap();
+    forged["event_id"] = json!(Uuid::now_v7());
+    forged["prev_hash"] = json!("0".repeat(64));
+    let forged_seq = publish(
+        subject(&jobs[3]["id"]),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .await;
+
+    let (code, lines) = jobsctl(&["verify", "--nats-url", &url, "--tenant", &tenant]);
+    assert_eq!(code, 2, "tampering is an exit code: {lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["intact"], false);
+    let problems = &lines[..lines.len() - 1];
+    let at = |job: &Value| -> Vec<(u64, String)> {
+        problems
+            .iter()
+            .filter(|p| p["job_id"] == *job)
+            .map(|p| {
+                (
+                    p["seq"].as_u64().unwrap(),
+                    p["problem"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let a = at(&jobs[0]["id"]);
+    assert!(
+        a.contains(&(h[2], "missing_or_altered".into())),
+        "the altered event breaks the link to it: {a:?}"
+    );
+    assert!(
+        a.iter().any(|(s, _)| *s == altered_seq),
+        "the rewritten copy is flagged: {a:?}"
+    );
+    let d = at(&jobs[1]["id"]);
+    assert_eq!(
+        d,
+        vec![(h1[3], "missing_or_altered".to_string())],
+        "the deletion is located at the next event"
+    );
+    let s = at(&jobs[2]["id"]);
+    assert!(
+        s.iter().any(|(q, _)| *q == swapped_done) && s.iter().any(|(q, _)| *q == swapped_hb),
+        "both swapped events: {s:?}"
+    );
+    let f = at(&jobs[3]["id"]);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, forged_seq, "the forged event is located");
+    assert!(at(&jobs[4]["id"]).is_empty(), "the untouched job is intact");
+    let (code, _) = jobsctl(&[
+        "verify",
+        "--nats-url",
+        &url,
+        "--tenant",
+        &tenant,
+        "--job",
+        jobs[4]["id"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+}
