@@ -31,6 +31,8 @@ enum Cmd {
     Replay(history::ReplayArgs),
     /// Check the hash chains of a tenant's (or one job's) events; exit 0 intact, 2 tampered.
     Verify(history::VerifyArgs),
+    /// A tenant's queues as they were at an instant (counts by status and type, who held what).
+    State(history::StateArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +106,7 @@ async fn main() {
         Cmd::Token(a) => token(a).map(|t| println!("{t}")),
         Cmd::Worker(a) => worker::run(a).await,
         Cmd::Replay(a) => history::replay(a).await,
+        Cmd::State(a) => history::state(a).await,
         Cmd::Verify(a) => match history::verify(a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),

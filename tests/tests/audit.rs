@@ -306,3 +306,53 @@ async fn verify_passes_an_intact_history_and_locates_each_kind_of_tampering() {
     ]);
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn state_at_an_instant_shows_the_queues_as_they_were() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        app.enqueue(&email_job(i)).await;
+    }
+    let w = app.worker("then");
+    let held = w.lease(&json!({"types": ["email.send"]})).await.remove(0);
+    let leased_seq = held["lease"]["lease_id"].as_u64().unwrap();
+    let all = all_events(&app.nats.url()).await;
+    let instant = all
+        .iter()
+        .find(|r| r.seq == leased_seq)
+        .unwrap()
+        .envelope
+        .at;
+    // Afterwards, things move on.
+    assert_eq!(w.complete(&held).await.0, 200);
+    app.enqueue(&json!({"type": "later", "payload": {}})).await;
+
+    let out = Command::new(bin_path("jobsctl"))
+        .args([
+            "state",
+            "--nats-url",
+            &app.nats.url(),
+            "--tenant",
+            &app.tenant.to_string(),
+            "--at",
+            &instant.to_rfc3339(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["counts"]["pending"], 2);
+    assert_eq!(s["counts"]["leased"], 1);
+    assert_eq!(s["counts"]["completed"], 0);
+    assert_eq!(
+        s["by_type"].as_array().unwrap().len(),
+        1,
+        "the later type did not exist yet"
+    );
+    assert_eq!(s["leased"][0]["job_id"], held["id"]);
+    assert_eq!(s["leased"][0]["worker_id"], w.id());
+}
