@@ -21,8 +21,17 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "JOBS_PROJECTOR_BATCH", default_value_t = 500)]
     pub batch_size: usize,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Rebuild the read model from the stream into fresh tables and swap them in while
+    /// everything keeps running; prints the rate.
+    Rebuild,
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod consumer;
 pub mod projection;
+pub mod rebuild;
 pub mod rollups;
 pub mod startup;
 

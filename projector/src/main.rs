@@ -5,6 +5,24 @@ use projector::{Application, Config};
 async fn main() {
     let config = Config::parse();
     let _telemetry = config.log.init("projector");
+    if let Some(projector::config::Subcommand::Rebuild) = config.command {
+        match rebuild(&config).await {
+            Ok(r) => {
+                println!(
+                    "rebuilt the read model: {} events in {:.2} s ({:.0} events/s), checkpoint {}",
+                    r.events,
+                    r.seconds,
+                    r.events as f64 / r.seconds.max(1e-9),
+                    r.checkpoint
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("projector rebuild: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -19,4 +37,11 @@ async fn main() {
         eprintln!("projector: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn rebuild(config: &Config) -> anyhow::Result<projector::rebuild::Report> {
+    let wait = std::time::Duration::from_secs(config.nats.nats_connect_wait_seconds);
+    let client = common::nats::connect(&config.nats.nats_url, "projector-rebuild", wait).await?;
+    let js = common::nats::jetstream(&client);
+    projector::rebuild::rebuild(&config.database_url, &js).await
 }

@@ -243,10 +243,28 @@ impl Rows {
     }
 }
 
+/// Held by every batch transaction and by a rebuild's swap, so that a swap never happens in
+/// the middle of a batch (`pg_advisory_xact_lock`).
+pub const PROJECTION_LOCK: i64 = 0x6a6f_6273_7072_6f6a;
+
 /// Applies `batch` (in stream order) and advances the checkpoint, all in one transaction.
 #[tracing::instrument(skip_all, fields(size = batch.len()), err)]
 pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Outcome> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PROJECTION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let out = apply_batch_in(&mut tx, batch).await?;
+    tx.commit().await.context("committing the batch")?;
+    Ok(out)
+}
+
+/// Applies `batch` within the caller's transaction (whose search_path picks the tables).
+pub async fn apply_batch_in(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Incoming],
+) -> anyhow::Result<Outcome> {
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
@@ -278,8 +296,8 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
             platform.push(p);
         }
     }
-    apply_platform(&mut tx, &platform).await?;
-    record_workers(&mut tx, &recs).await?;
+    apply_platform(&mut *tx, &platform).await?;
+    record_workers(&mut *tx, &recs).await?;
 
     let ids: Vec<Uuid> = recs
         .iter()
@@ -327,7 +345,7 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
     }
 
     rollups
-        .write(&mut tx)
+        .write(&mut *tx)
         .await
         .context("updating the tenant rollups")?;
 
@@ -454,7 +472,6 @@ pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Ou
         .bind(last.to_string())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await.context("committing the batch")?;
     out.checkpoint = last;
     Ok(out)
 }

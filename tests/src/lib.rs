@@ -105,6 +105,7 @@ pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
         projector_addr: local(0),
         database_url: db_url.to_string(),
         batch_size: 500,
+        command: None,
         nats: nats_args(nats_url),
         log: log_args(),
     }

@@ -356,3 +356,162 @@ async fn state_at_an_instant_shows_the_queues_as_they_were() {
     assert_eq!(s["leased"][0]["job_id"], held["id"]);
     assert_eq!(s["leased"][0]["worker_id"], w.id());
 }
+
+const READ_MODEL: [(&str, &str); 10] = [
+    ("jobs", "id"),
+    ("job_events", "seq"),
+    ("projector_checkpoint", "id"),
+    ("job_type_activity", "type"),
+    ("tenant_overrides", "tenant_id"),
+    ("workers", "worker_id"),
+    ("tenant_type_counts", "tenant_id, type, status"),
+    ("tenant_throughput", "tenant_id, second"),
+    ("tenant_latency", "tenant_id, second, kind, le_ms"),
+    ("projection_quarantine", "seq"),
+];
+
+async fn dump(pool: &sqlx::PgPool) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for (table, key) in READ_MODEL {
+        let rows: Vec<Value> =
+            sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {key}"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        out.push((table.to_string(), rows));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
+    let app = TestApp::spawn().await;
+    let admin = app.keys.token(app.tenant, &["admin"]);
+    let jobs: Vec<Value> = (0..60).map(email_job).collect();
+    let res = app
+        .request(reqwest::Method::POST, "/jobs/v1/enqueue/batch", &app.token)
+        .json(&json!({ "jobs": jobs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let w = app.worker("rebuilder");
+    for (i, j) in w
+        .lease(&json!({"types": ["email.send"], "max_jobs": 30}))
+        .await
+        .iter()
+        .enumerate()
+    {
+        let status = if i % 3 == 0 {
+            w.fail(j, false).await.0
+        } else {
+            w.complete(j).await.0
+        };
+        assert_eq!(status, 200);
+    }
+    let res = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
+            &admin,
+        )
+        .json(&json!({"max_active_jobs": 500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let last = all_events(&app.nats.url())
+        .await
+        .last()
+        .unwrap()
+        .seq
+        .max(tests::event_seq(&res));
+    let (_, probe) = app.get("/jobs/v1/jobs?limit=1", last).await;
+    let some_id = probe["data"][0]["id"].as_str().unwrap().to_string();
+    let pool = app.pool().await;
+    let before = dump(&pool).await;
+    assert_eq!(before[0].1.len(), 60);
+
+    // Queries keep coming while the rebuild runs and swaps.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (http, base, token, stop, id) = (
+            app.http.clone(),
+            app.query.url(),
+            app.token.clone(),
+            stop.clone(),
+            some_id.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in [
+                    "/jobs/v1/jobs?limit=5".to_string(),
+                    format!("/jobs/v1/jobs/{id}"),
+                    "/jobs/v1/metrics".to_string(),
+                ] {
+                    match http
+                        .get(format!("{base}{path}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!(
+                            "{path}: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failed.push(format!("{path}: {e}")),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // Rebuild without blocking this runtime, so the queries go on meanwhile.
+    let out = tokio::process::Command::new(bin_path("projector"))
+        .arg("rebuild")
+        .env_clear()
+        .env("JOBS_NATS_URL", app.nats.url())
+        .env("JOBS_DATABASE_URL", &app.db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        report.contains("events/s"),
+        "the rate is reported: {report}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.await.unwrap();
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "query-svc answered every request during the rebuild: {failed:?}"
+    );
+
+    let after = dump(&pool).await;
+    for ((table, a), (_, b)) in before.iter().zip(&after) {
+        assert_eq!(a, b, "{table} differs after the rebuild");
+    }
+    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'rebuild_%' OR nspname LIKE 'retired_%'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert!(schemas.is_empty(), "the old tables are gone: {schemas:?}");
+    // The live projector carries on in the new tables.
+    let (job, seq) = app.enqueue(&email_job(1000)).await;
+    let (status, got) = app
+        .get(
+            &format!("/jobs/v1/jobs/{}", job["id"].as_str().unwrap()),
+            seq,
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+}
