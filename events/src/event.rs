@@ -42,6 +42,8 @@ pub enum JobEvent {
     Leased {
         worker_id: String,
         expires_at: DateTime<Utc>,
+        /// Absent in the earliest v1 events: 30 s, the protocol's default lease.
+        #[serde(default = "default_lease_seconds")]
         lease_seconds: u32,
     },
     #[serde(rename = "JobHeartbeat")]
@@ -154,4 +156,8 @@ impl JobEvent {
         let mut v = serde_json::to_value(self).expect("an event always serializes");
         v.get_mut("data").map(Value::take).unwrap_or(Value::Null)
     }
+}
+
+fn default_lease_seconds() -> u32 {
+    30
 }
