@@ -59,7 +59,11 @@ fn token(key: &str, tenant: Uuid, roles: &[&str]) -> anyhow::Result<String> {
     let k = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).context("an RSA private key")?;
     let now = chrono::Utc::now().timestamp();
     let claims = json!({"sub": "bench", "tenantId": tenant, "roles": roles, "planTier": "enterprise", "iat": now, "exp": now + 7200});
-    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &k)?)
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &k,
+    )?)
 }
 
 /// Latencies in microseconds.
@@ -87,7 +91,9 @@ fn payload() -> Value {
 }
 
 async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
-    let client = async_nats::connect(nats).await.context("connecting to NATS")?;
+    let client = async_nats::connect(nats)
+        .await
+        .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
     let name = format!("BENCH_RAW_{}", Uuid::new_v4().simple());
     let prefix = format!("bench.{}", Uuid::new_v4().simple());
@@ -109,7 +115,9 @@ async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(body.clone())
                 .expected_last_subject_sequence(0);
-            let ack = js.send_publish(format!("{prefix}.{}", Uuid::new_v4().simple()), publish).await?;
+            let ack = js
+                .send_publish(format!("{prefix}.{}", Uuid::new_v4().simple()), publish)
+                .await?;
             inflight.push(async move { ack.await });
         }
         if let Some(r) = inflight.next().await {
@@ -165,12 +173,22 @@ where
     for t in tasks {
         let _ = t.await;
     }
-    (ops.load(Ordering::Relaxed), items.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
+    (
+        ops.load(Ordering::Relaxed),
+        items.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 async fn enqueue_one(c: &Ctx, lat: &Lat) -> anyhow::Result<u64> {
     let t = Instant::now();
-    let res = c.http.post(format!("{}/jobs/v1/enqueue", c.args.gateway)).bearer_auth(&c.token).json(&payload()).send().await?;
+    let res = c
+        .http
+        .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
+        .bearer_auth(&c.token)
+        .json(&payload())
+        .send()
+        .await?;
     if res.status() != 201 {
         bail!("enqueue answered {}", res.status());
     }
@@ -180,7 +198,13 @@ async fn enqueue_one(c: &Ctx, lat: &Lat) -> anyhow::Result<u64> {
 
 async fn enqueue_batch(c: &Ctx, n: usize) -> anyhow::Result<u64> {
     let jobs: Vec<Value> = (0..n).map(|_| payload()).collect();
-    let res = c.http.post(format!("{}/jobs/v1/enqueue/batch", c.args.gateway)).bearer_auth(&c.token).json(&json!({ "jobs": jobs })).send().await?;
+    let res = c
+        .http
+        .post(format!("{}/jobs/v1/enqueue/batch", c.args.gateway))
+        .bearer_auth(&c.token)
+        .json(&json!({ "jobs": jobs }))
+        .send()
+        .await?;
     if res.status() != 201 {
         bail!("batch enqueue answered {}", res.status());
     }
@@ -209,7 +233,9 @@ async fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let tenant = Uuid::new_v4();
     let admin = token(&args.jwt_key, tenant, &["admin", "member"])?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
     // The benchmark's tenant gets limits out of the way: we measure the service, not the plan.
     let res = http
         .put(format!("{}/jobs/v1/admin/tenants/{tenant}/overrides", args.gateway))
@@ -219,9 +245,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("reaching the gateway")?;
     if !res.status().is_success() {
-        bail!("setting the benchmark tenant's overrides answered {}", res.status());
+        bail!(
+            "setting the benchmark tenant's overrides answered {}",
+            res.status()
+        );
     }
-    let ctx = Arc::new(Ctx { http: http.clone(), args: args.clone(), token: admin });
+    let ctx = Arc::new(Ctx {
+        http: http.clone(),
+        args: args.clone(),
+        token: admin,
+    });
     let s = args.seconds;
 
     if args.seed > 0 {
@@ -231,7 +264,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|_| {
                 let (c, left) = (ctx.clone(), left.clone());
                 tokio::spawn(async move {
-                    while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
                         if let Err(e) = enqueue_batch(&c, 500).await {
                             eprintln!("bench: seed: {e:#}");
                         }
@@ -271,11 +307,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let batch = n as f64 / t;
 
     // Drain what the enqueue phases left, so the cycle starts from an empty queue.
-    eprintln!("bench: draining, then the cycle with {} workers", args.workers);
+    eprintln!(
+        "bench: draining, then the cycle with {} workers",
+        args.workers
+    );
     let wc = worker_client(&args)?;
     let drain_until = Instant::now() + Duration::from_secs(120);
     loop {
-        let r = wc.post(format!("{}/jobs/v1/worker/lease", args.worker_url)).json(&json!({"types": ["email.send"], "max_jobs": 100})).send().await?;
+        let r = wc
+            .post(format!("{}/jobs/v1/worker/lease", args.worker_url))
+            .json(&json!({"types": ["email.send"], "max_jobs": 100}))
+            .send()
+            .await?;
         let v: Value = r.json().await?;
         let jobs = v["data"]["jobs"].as_array().cloned().unwrap_or_default();
         if jobs.is_empty() || Instant::now() > drain_until {
@@ -284,9 +327,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let futs: FuturesUnordered<_> = jobs
             .iter()
             .map(|j| {
-                wc.post(format!("{}/jobs/v1/worker/jobs/{}/complete", args.worker_url, j["id"].as_str().unwrap_or_default()))
-                    .json(&json!({"lease_id": j["lease"]["lease_id"]}))
-                    .send()
+                wc.post(format!(
+                    "{}/jobs/v1/worker/jobs/{}/complete",
+                    args.worker_url,
+                    j["id"].as_str().unwrap_or_default()
+                ))
+                .json(&json!({"lease_id": j["lease"]["lease_id"]}))
+                .send()
             })
             .collect();
         futs.for_each(|_| async {}).await;
@@ -297,26 +344,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let completed = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.workers)
         .map(|_| {
-            let (wc, url, stop, completed, lease_lat) = (wc.clone(), args.worker_url.clone(), stop.clone(), completed.clone(), lease_lat.clone());
+            let (wc, url, stop, completed, lease_lat) = (
+                wc.clone(),
+                args.worker_url.clone(),
+                stop.clone(),
+                completed.clone(),
+                lease_lat.clone(),
+            );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok(r) = wc.post(format!("{url}/jobs/v1/worker/lease")).json(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1})).send().await else { continue };
-                    let Ok(v) = r.json::<Value>().await else { continue };
+                    let Ok(r) = wc
+                        .post(format!("{url}/jobs/v1/worker/lease"))
+                        .json(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let Ok(v) = r.json::<Value>().await else {
+                        continue;
+                    };
                     let now = chrono::Utc::now();
                     let jobs = v["data"]["jobs"].as_array().cloned().unwrap_or_default();
                     for j in &jobs {
-                        if let Some(created) = j["created_at"].as_str().and_then(|c| c.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+                        if let Some(created) = j["created_at"]
+                            .as_str()
+                            .and_then(|c| c.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                        {
                             lease_lat.add((now - created).to_std().unwrap_or_default());
                         }
                     }
                     // A worker runs the jobs it holds at once (no-op jobs), completing each.
                     let done = futures::future::join_all(jobs.iter().map(|j| {
-                        wc.post(format!("{url}/jobs/v1/worker/jobs/{}/complete", j["id"].as_str().unwrap_or_default()))
-                            .json(&json!({"lease_id": j["lease"]["lease_id"]}))
-                            .send()
+                        wc.post(format!(
+                            "{url}/jobs/v1/worker/jobs/{}/complete",
+                            j["id"].as_str().unwrap_or_default()
+                        ))
+                        .json(&json!({"lease_id": j["lease"]["lease_id"]}))
+                        .send()
                     }))
                     .await;
-                    let ok = done.into_iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200)).count();
+                    let ok = done
+                        .into_iter()
+                        .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+                        .count();
                     completed.fetch_add(ok as u64, Ordering::Relaxed);
                 }
             })
@@ -328,11 +399,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (c, stop, lag) = (ctx.clone(), stop.clone(), lag.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(res) = c.http.post(format!("{}/jobs/v1/enqueue", c.args.gateway)).bearer_auth(&c.token).json(&payload()).send().await else { continue };
-                let seq = res.headers().get("x-event-seq").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string();
-                let Ok(v) = res.json::<Value>().await else { continue };
+                let Ok(res) = c
+                    .http
+                    .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
+                    .bearer_auth(&c.token)
+                    .json(&payload())
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let seq = res
+                    .headers()
+                    .get("x-event-seq")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string();
+                let Ok(v) = res.json::<Value>().await else {
+                    continue;
+                };
                 let t = Instant::now();
-                let got = c.http.get(format!("{}/jobs/v1/jobs/{}", c.args.gateway, v["data"]["id"].as_str().unwrap_or_default())).bearer_auth(&c.token).header("x-min-event-seq", seq).send().await;
+                let got = c
+                    .http
+                    .get(format!(
+                        "{}/jobs/v1/jobs/{}",
+                        c.args.gateway,
+                        v["data"]["id"].as_str().unwrap_or_default()
+                    ))
+                    .bearer_auth(&c.token)
+                    .header("x-min-event-seq", seq)
+                    .send()
+                    .await;
                 if got.is_ok_and(|r| r.status() == 200) {
                     lag.add(t.elapsed());
                 }
@@ -369,25 +466,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("bench: queries");
     let list_lat = Arc::new(Lat::default());
     let get_lat = Arc::new(Lat::default());
-    let probe: Value = http.get(format!("{}/jobs/v1/jobs?limit=1", args.gateway)).bearer_auth(&ctx.token).send().await?.json().await?;
-    let some_id = probe["data"][0]["id"].as_str().unwrap_or_default().to_string();
+    let probe: Value = http
+        .get(format!("{}/jobs/v1/jobs?limit=1", args.gateway))
+        .bearer_auth(&ctx.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let some_id = probe["data"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     {
-        let (c, list_lat, get_lat, id) = (ctx.clone(), list_lat.clone(), get_lat.clone(), some_id.clone());
+        let (c, list_lat, get_lat, id) = (
+            ctx.clone(),
+            list_lat.clone(),
+            get_lat.clone(),
+            some_id.clone(),
+        );
         drive(8, s / 2.0, move || {
-            let (c, list_lat, get_lat, id) = (c.clone(), list_lat.clone(), get_lat.clone(), id.clone());
+            let (c, list_lat, get_lat, id) =
+                (c.clone(), list_lat.clone(), get_lat.clone(), id.clone());
             async move {
                 let t = Instant::now();
-                c.http.get(format!("{}/jobs/v1/jobs?limit=20&status=completed", c.args.gateway)).bearer_auth(&c.token).send().await?.bytes().await?;
+                c.http
+                    .get(format!(
+                        "{}/jobs/v1/jobs?limit=20&status=completed",
+                        c.args.gateway
+                    ))
+                    .bearer_auth(&c.token)
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
                 list_lat.add(t.elapsed());
                 let t = Instant::now();
-                c.http.get(format!("{}/jobs/v1/jobs/{id}", c.args.gateway)).bearer_auth(&c.token).send().await?.bytes().await?;
+                c.http
+                    .get(format!("{}/jobs/v1/jobs/{id}", c.args.gateway))
+                    .bearer_auth(&c.token)
+                    .send()
+                    .await?
+                    .bytes()
+                    .await?;
                 get_lat.add(t.elapsed());
                 Ok(2)
             }
         })
         .await;
     }
-    let quota: Value = http.get(format!("{}/jobs/v1/quota", args.gateway)).bearer_auth(&ctx.token).send().await?.json().await?;
+    let quota: Value = http
+        .get(format!("{}/jobs/v1/quota", args.gateway))
+        .bearer_auth(&ctx.token)
+        .send()
+        .await?
+        .json()
+        .await?;
     let r = |x: f64| (x * 100.0).round() / 100.0;
     let figures = json!({
         "raw_publish_per_s": r(raw),
