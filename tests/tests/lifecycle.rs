@@ -545,6 +545,32 @@ async fn explain_says_why_a_job_is_not_running() {
         )
         .await;
     assert_eq!(v["data"]["reasons"][0]["code"], "RUNNING");
+    // At the tenant's concurrent-lease limit, that is a reason too.
+    let admin = app.keys.token(app.tenant, &["admin"]);
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
+            &admin,
+        )
+        .json(&json!({"max_concurrent_leases": 1}))
+        .send()
+        .await
+        .unwrap();
+    let seq = tests::event_seq(&res);
+    let (_, v) = app
+        .get(
+            &format!("/jobs/v1/jobs/{}/explain", mine["id"].as_str().unwrap()),
+            seq,
+        )
+        .await;
+    let codes: Vec<&str> = v["data"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"TENANT_LEASE_LIMIT"), "{v}");
     let other = app.keys.token(Uuid::new_v4(), &["member"]);
     let res = app
         .request(

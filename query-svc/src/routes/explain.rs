@@ -123,6 +123,22 @@ async fn explain(
                     json!({ "type": job.job_type, "last_leased_at": last }),
                 ));
             }
+            // The tenant's concurrent-lease limit: its jobs wait while it holds that many.
+            let (tier, _) = s.plans.tier(user.claims.plan_tier.as_deref());
+            let overrides = crate::routes::quota::overrides(&s, user.tenant_id()).await?;
+            let limit = s.plans.effective(Some(tier), overrides.as_ref()).max_concurrent_leases;
+            let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE tenant_id = $1 AND status = 'leased'")
+                .bind(user.tenant_id())
+                .fetch_one(&s.pool)
+                .await
+                .map_err(db_error)?;
+            if leased as u64 >= limit {
+                reasons.push(reason(
+                    "TENANT_LEASE_LIMIT",
+                    format!("your tenant already runs {leased} jobs, its limit of concurrent leases"),
+                    json!({ "leased_jobs": leased, "max_concurrent_leases": limit, "plan_tier": tier }),
+                ));
+            }
             if reasons.is_empty() {
                 reasons.push(reason("READY", "the job is next in line for a worker".into(), json!({})));
             }

@@ -6,7 +6,7 @@ mod explain;
 mod health;
 mod jobs;
 pub mod metrics;
-mod quota;
+pub mod quota;
 
 use axum::Router;
 
