@@ -33,6 +33,18 @@ enum Cmd {
     Verify(history::VerifyArgs),
     /// A tenant's queues as they were at an instant (counts by status and type, who held what).
     State(history::StateArgs),
+    /// Check the service's invariants on the stream (and the read model); exit 2 on a violation.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// NATS server holding JOBS_EVENTS.
+    #[arg(long, env = "JOBS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The read model to compare with the stream (omit to check the stream alone).
+    #[arg(long, env = "JOBS_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -107,6 +119,26 @@ async fn main() {
         Cmd::Worker(a) => worker::run(a).await,
         Cmd::Replay(a) => history::replay(a).await,
         Cmd::State(a) => history::state(a).await,
+        Cmd::Check(a) => {
+            match jobsctl::check::check(&a.nats_url, a.database_url.as_deref(), &[]).await {
+                Ok(r) => {
+                    for p in &r.problems {
+                        println!("{p}");
+                    }
+                    println!(
+                        "{} events, {} jobs, {} problems",
+                        r.events,
+                        r.jobs,
+                        r.problems.len()
+                    );
+                    if !r.ok() {
+                        std::process::exit(2);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Verify(a) => match history::verify(a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),

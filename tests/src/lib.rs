@@ -480,3 +480,32 @@ pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     }
     out
 }
+
+/// The invariant checker's verdict on this test's stream and read model (after the projector
+/// caught up), with the jobs the test was told were enqueued; panics listing any violation.
+pub async fn assert_invariants(nats_url: &str, db_url: &str, acknowledged: &[Uuid]) {
+    let pool = sqlx::PgPool::connect(db_url).await.expect("db");
+    let last = all_events(nats_url).await.last().map_or(0, |r| r.seq);
+    // Platform events do not count for a job-subject read; wait for the checkpoint to pass it.
+    eventually(
+        Duration::from_secs(30),
+        "the projector to catch up",
+        || async {
+            let seq: i64 = sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (seq as u64 >= last).then_some(())
+        },
+    )
+    .await;
+    let report = jobsctl::check::check(nats_url, Some(db_url), acknowledged)
+        .await
+        .expect("the checker runs");
+    assert!(
+        report.ok(),
+        "invariants violated:\n{}",
+        report.problems.join("\n")
+    );
+    assert!(report.jobs >= acknowledged.len());
+}

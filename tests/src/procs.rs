@@ -36,6 +36,7 @@ pub struct NatsServer {
     pub port: u16,
     pub store: TempDir,
     child: Option<Child>,
+    name: String,
 }
 
 impl NatsServer {
@@ -44,6 +45,7 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
             child: None,
+            name: String::new(),
         };
         s.spawn().await?;
         Ok(s)
@@ -53,35 +55,59 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts the server and waits until *it* answers: a free port can be taken by another
+    /// test's server between choosing it and binding it, so the server is recognised by a name
+    /// of its own, and a start that lost the port is retried on a new one (first start only: a
+    /// restart keeps its port).
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let bin = nats_server_bin();
-        let child = Command::new(&bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} (run deploy/install-nats)", bin.display()))?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(c) = async_nats::connect(self.url()).await {
-                if async_nats::jetstream::new(c).query_account().await.is_ok() {
-                    return Ok(());
+        let first_start = self.child.is_none() && self.name.is_empty();
+        for _ in 0..5 {
+            if self.name.is_empty() {
+                self.name = format!("test-{}", uuid::Uuid::new_v4().simple());
+            }
+            let child = Command::new(&bin)
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-n",
+                    &self.name,
+                    "-js",
+                    "-sd",
+                ])
+                .arg(self.store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {} (run deploy/install-nats)", bin.display()))?;
+            self.child = Some(child);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(c) = async_nats::connect(self.url()).await {
+                    if c.server_info().server_name == self.name
+                        && async_nats::jetstream::new(c).query_account().await.is_ok()
+                    {
+                        return Ok(());
+                    }
                 }
+                let exited = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if tokio::time::Instant::now() > deadline {
-                bail!("nats-server on port {} did not become ready", self.port);
+            self.kill();
+            if !first_start {
+                bail!("nats-server did not come back on port {}", self.port);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.port = free_port();
         }
+        bail!("nats-server did not become ready")
     }
 
     /// kill -9: the server dies without a chance to flush anything.

@@ -143,6 +143,8 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
         count(&pool, "SELECT last_seq FROM projector_checkpoint").await,
         500
     );
+    let acknowledged: Vec<uuid::Uuid> = ids.iter().map(|i| i.parse().unwrap()).collect();
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
 }
 
 #[tokio::test]
@@ -262,4 +264,152 @@ async fn an_event_postgres_refuses_is_quarantined_and_the_projection_goes_on() {
         .unwrap();
     assert_eq!(quarantined, vec![ack.sequence as i64]);
     assert_eq!(app.get(&format!("/jobs/v1/jobs/{job_id}"), 0).await.0, 404);
+}
+
+#[tokio::test]
+async fn nats_paused_beyond_the_timeout_answers_503_then_recovers_and_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let (first, _) = app.enqueue(&email_job(0)).await;
+    app.nats.pause();
+    let started = Instant::now();
+    let res = app.enqueue_as(&app.token, &email_job(1)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        res.status(),
+        503,
+        "a stalled event store is a 503, never a 500 or a hang"
+    );
+    assert!(took < Duration::from_secs(6), "answered in {took:?}");
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.command.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "readyz tells the truth while NATS is stopped"
+    );
+    app.nats.resume();
+    let (second, _) = eventually(Duration::from_secs(20), "enqueue to work again", || async {
+        let res = app.enqueue_as(&app.token, &email_job(2)).await;
+        if res.status() != 201 {
+            return None;
+        }
+        let seq = tests::event_seq(&res);
+        let v: Value = res.json().await.ok()?;
+        Some((v["data"].clone(), seq))
+    })
+    .await;
+    let ids: Vec<uuid::Uuid> = [&first, &second]
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &ids).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_nats_under_enqueue_and_lease_load_loses_no_acknowledged_job() {
+    let mut app = TestApp::spawn().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (http, url, token, stop) = (
+                http.clone(),
+                app.command.url(),
+                app.token.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut acked, mut statuses) =
+                    (Vec::new(), std::collections::BTreeMap::<u16, u32>::new());
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let res = http
+                        .post(format!("{url}/jobs/v1/enqueue"))
+                        .bearer_auth(&token)
+                        .json(&email_job(p * 100_000 + i))
+                        .send()
+                        .await;
+                    let res = res.expect("every request is answered (no hang)");
+                    *statuses.entry(res.status().as_u16()).or_default() += 1;
+                    if res.status() == 201 {
+                        let v: Value = res.json().await.unwrap();
+                        acked.push(
+                            v["data"]["id"]
+                                .as_str()
+                                .unwrap()
+                                .parse::<uuid::Uuid>()
+                                .unwrap(),
+                        );
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                (acked, statuses)
+            })
+        })
+        .collect();
+    let w = app.worker("under-fire");
+    let worker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((200, v)) = w
+                    .post(
+                        "/lease",
+                        &json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}),
+                    )
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for j in v["data"]["jobs"].as_array().cloned().unwrap_or_default() {
+                    let _ = w.complete(&j).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.nats.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.nats.restart().await.unwrap();
+    // Load goes on until the service has recovered and taken more work.
+    let before = app.http.clone();
+    eventually(
+        Duration::from_secs(30),
+        "enqueues to succeed again",
+        || async {
+            let res = before
+                .post(format!("{}/jobs/v1/enqueue", app.command.url()))
+                .bearer_auth(&app.token)
+                .json(&email_job(1))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == 201).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for p in producers {
+        let (acked, statuses) = p.await.unwrap();
+        assert!(
+            statuses.keys().all(|s| *s == 201 || *s == 503),
+            "only 201 or 503: {statuses:?}"
+        );
+        acknowledged.extend(acked);
+    }
+    worker.await.unwrap();
+    assert!(acknowledged.len() > 10);
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
 }

@@ -345,11 +345,17 @@ async fn two_instances_and_eight_workers_complete_every_job_exactly_once() {
         .await
         .unwrap();
     let total = 5000;
+    let mut acknowledged = Vec::new();
     for chunk in 0..total / 500 {
         let jobs = (0..500)
             .map(|i| json!({"type": "t", "payload": {"n": chunk * 500 + i}, "max_attempts": 3, "backoff": {"base_seconds": 1, "max_seconds": 1}}))
             .collect();
-        enqueue_batch(&app, &app.token, jobs).await;
+        let (created, _) = enqueue_batch(&app, &app.token, jobs).await;
+        acknowledged.extend(
+            created
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().parse::<Uuid>().unwrap()),
+        );
     }
     let workers: Vec<_> = (0..8)
         .map(|i| {
@@ -424,6 +430,7 @@ async fn two_instances_and_eight_workers_complete_every_job_exactly_once() {
         .map(|r| r.envelope.actor.id.clone())
         .collect::<std::collections::HashSet<_>>();
     assert_eq!(by_both.len(), 8, "all eight workers leased");
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
     drop(second);
 }
 
@@ -478,13 +485,14 @@ async fn killing_command_svc_mid_cycle_loses_and_repeats_nothing() {
     assert_eq!(res.status(), 201);
 
     let completed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
         .map(|i| {
             let w = Worker::new(worker_port, &tls.worker_pem(&format!("k{i}")), &format!("k{i}"));
-            let completed = completed.clone();
+            let (completed, all_done) = (completed.clone(), all_done.clone());
             tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while completed.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+                while !all_done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
                     // The service may be down: connection errors and 503s are expected here.
                     let Ok((200, v)) = w.post("/lease", &json!({"types": ["t"], "max_jobs": 5, "lease_seconds": 5, "wait_seconds": 1})).await else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -507,6 +515,23 @@ async fn killing_command_svc_mid_cycle_loses_and_repeats_nothing() {
     let at_kill = completed.load(std::sync::atomic::Ordering::Relaxed);
     let _svc = Bin::spawn("command-svc", &env).unwrap();
     ready(http.clone()).await;
+    // Done when the stream says every job completed (a completion whose answer was lost in
+    // the kill still counts there).
+    let url = app.nats.url();
+    eventually(
+        Duration::from_secs(60),
+        "all 200 jobs completed",
+        || async {
+            let n = all_events(&url)
+                .await
+                .iter()
+                .filter(|r| r.envelope.type_name() == "JobCompleted")
+                .count();
+            (n >= 200).then_some(())
+        },
+    )
+    .await;
+    all_done.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
@@ -518,6 +543,8 @@ async fn killing_command_svc_mid_cycle_loses_and_repeats_nothing() {
         jobs.values().all(|j| j.status == events::Status::Completed),
         "every job completed"
     );
+    let ids: Vec<Uuid> = jobs.keys().copied().collect();
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &ids).await;
 }
 
 #[tokio::test]
