@@ -125,10 +125,10 @@ pub async fn check(
                     "JobRequeued" => {
                         completions.remove(&id);
                     }
-                    "JobLeased" => {
-                        if lease_end.get(&id).is_some_and(|end| at < *end) {
-                            report.problems.push(format!("job {id}: a lease began at seq {seq} before the previous one ended"));
-                        }
+                    "JobLeased" if lease_end.get(&id).is_some_and(|end| at < *end) => {
+                        report.problems.push(format!(
+                            "job {id}: a lease began at seq {seq} before the previous one ended"
+                        ));
                     }
                     _ => {}
                 }
