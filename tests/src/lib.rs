@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use keys::{Keys, Tls};
-pub use procs::{Bin, Gateway, NatsServer, TestDb};
+pub use procs::{Bin, Gateway, NatsServer, PrivatePostgres, TestDb};
 
 /// Polls `f` until it returns `Some`, failing after `timeout`. For eventual consistency only.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T

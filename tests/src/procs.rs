@@ -355,3 +355,108 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// A Postgres cluster of the test's own (initdb on a temporary directory, its own port), so a
+/// test can stop and start it. Runs the server as the `postgres` user when the test runs as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: TempDir,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let versions = std::fs::read_dir("/usr/lib/postgresql").map(|d| {
+        let mut v: Vec<PathBuf> = d.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        v.sort();
+        v
+    });
+    versions
+        .ok()
+        .and_then(|v| v.last().map(|p| p.join("bin").join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn as_postgres(program: PathBuf) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PrivatePostgres {
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("jobs-pg-").tempdir()?;
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = as_postgres(pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .output()?;
+        if !out.status.success() {
+            bail!("initdb: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let pg = Self {
+            port: free_port(),
+            dir,
+        };
+        pg.up()?;
+        Ok(pg)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Starts the server (waiting until it accepts connections).
+    pub fn up(&self) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        let out = as_postgres(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(d.join("data"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                d.display()
+            ))
+            .arg("-l")
+            .arg(d.join("log"))
+            .args(["-w", "start"])
+            .output()?;
+        if !out.status.success() {
+            bail!("pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Stops it at once, as a crash would (`-m immediate`).
+    pub fn down(&self) -> anyhow::Result<()> {
+        let out = as_postgres(pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()?;
+        if !out.status.success() {
+            bail!("pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.down();
+    }
+}

@@ -413,3 +413,152 @@ async fn kill_9_of_nats_under_enqueue_and_lease_load_loses_no_acknowledged_job()
     assert!(acknowledged.len() > 10);
     tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
 }
+
+#[tokio::test]
+async fn the_invariant_checker_notices_what_it_is_meant_to() {
+    let app = TestApp::spawn().await;
+    let (job, _) = app.enqueue(&email_job(1)).await;
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let clean = jobsctl::check::check(&app.nats.url(), None, &[id])
+        .await
+        .unwrap();
+    assert!(clean.ok(), "{:?}", clean.problems);
+    // A job the caller was told about but the stream never got.
+    let ghost = uuid::Uuid::now_v7();
+    let r = jobsctl::check::check(&app.nats.url(), None, &[id, ghost])
+        .await
+        .unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.contains(&ghost.to_string()) && p.contains("acknowledged")),
+        "{:?}",
+        r.problems
+    );
+    // An event filed under another tenant's subject, and a completion without a lease.
+    let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
+    let stream = js.get_stream("JOBS_EVENTS").await.unwrap();
+    let first = stream
+        .get_last_raw_message_by_subject(&format!("jobs.events.{}.{id}", app.tenant))
+        .await
+        .unwrap();
+    let elsewhere = format!("jobs.events.{}.{id}", uuid::Uuid::new_v4());
+    js.publish(elsewhere, first.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut forged: Value = serde_json::from_slice(&first.payload).unwrap();
+    forged["event_id"] = json!(uuid::Uuid::now_v7());
+    forged["type"] = json!("JobCompleted");
+    forged["data"] = json!({"lease_id": 1, "result": null});
+    js.publish(
+        format!("jobs.events.{}.{id}", app.tenant),
+        serde_json::to_vec(&forged).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let r = jobsctl::check::check(&app.nats.url(), None, &[id])
+        .await
+        .unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.contains("on subject")),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems.iter().any(|p| p.contains("does not fold")),
+        "{:?}",
+        r.problems
+    );
+}
+
+#[tokio::test]
+async fn losing_postgres_makes_readyz_say_so_and_everything_recovers_when_it_returns() {
+    let nats = tests::NatsServer::start().await.unwrap();
+    let pg = tests::procs::PrivatePostgres::start().unwrap();
+    let admin = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::query("CREATE DATABASE jobs")
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let db = pg.url("jobs");
+    let keys = tests::Keys::get();
+    let _projector = tests::start_projector(&nats.url(), &db).await.unwrap();
+    let command = tests::start_command(&nats.url(), &keys).await.unwrap();
+    let query = tests::start_query(&nats.url(), &db, &keys).await.unwrap();
+    let tenant = uuid::Uuid::new_v4();
+    let token = keys.token(tenant, &["member"]);
+    let http = reqwest::Client::new();
+    let enqueue = || async {
+        let res = http
+            .post(format!("{}/jobs/v1/enqueue", command.url()))
+            .bearer_auth(&token)
+            .json(&email_job(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "enqueue does not need Postgres");
+        let seq = tests::event_seq(&res);
+        let v: Value = res.json().await.unwrap();
+        (v["data"]["id"].as_str().unwrap().to_string(), seq)
+    };
+    let get = |id: String, seq: u64| {
+        let (http, url, token) = (http.clone(), query.url(), token.clone());
+        async move {
+            let res = http
+                .get(format!("{url}/jobs/v1/jobs/{id}"))
+                .bearer_auth(&token)
+                .header("x-min-event-seq", seq.to_string())
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    let (first, seq) = enqueue().await;
+    assert_eq!(get(first.clone(), seq).await, 200);
+
+    pg.down().unwrap();
+    for url in [query.url(), _projector.url()] {
+        eventually(
+            Duration::from_secs(15),
+            "readyz to report the database",
+            || async {
+                let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+                (r.status() == 503).then_some(())
+            },
+        )
+        .await;
+    }
+    let status = get(first.clone(), 0).await;
+    assert_eq!(
+        status, 503,
+        "a read without its database is a 503, never a 500"
+    );
+    let (second, seq2) = enqueue().await;
+
+    pg.up().unwrap();
+    for url in [query.url(), _projector.url()] {
+        eventually(Duration::from_secs(30), "readyz to recover", || async {
+            let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+    let status = eventually(
+        Duration::from_secs(30),
+        "the projector to catch up",
+        || async {
+            let s = get(second.clone(), seq2).await;
+            (s == 200).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids: Vec<uuid::Uuid> = [first, second].iter().map(|i| i.parse().unwrap()).collect();
+    tests::assert_invariants(&nats.url(), &db, &ids).await;
+}

@@ -38,8 +38,21 @@ pub const MAX_EVENTS_LIMIT: i64 = 1000;
 
 /// A database failure: unreachable → 503, anything else → 500.
 pub fn db_error(e: sqlx::Error) -> ApiError {
+    // Connection exceptions (08) and operator intervention (57: shutdown, restart) are the
+    // database being away, not a bug.
+    let away = |e: &sqlx::Error| match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
+    };
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+        e if away(&e) => ApiError::Unavailable("the read model's database is unreachable".into()),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => {
             ApiError::Unavailable("the read model's database is unreachable".into())
         }
         other => ApiError::Internal(anyhow::Error::new(other).context("querying the read model")),
