@@ -34,7 +34,10 @@ const HEADER: &str = "idempotency-key";
 const KEPT: [&str; 4] = ["x-event-seq", "location", "etag", "content-type"];
 
 /// Opens (creating if absent) the bucket of remembered keys.
-pub async fn bucket(js: &async_nats::jetstream::Context) -> anyhow::Result<kv::Store> {
+pub async fn bucket(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(BUCKET).await {
         return Ok(store);
     }
@@ -44,6 +47,7 @@ pub async fn bucket(js: &async_nats::jetstream::Context) -> anyhow::Result<kv::S
         history: 1,
         max_age: TTL,
         storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await

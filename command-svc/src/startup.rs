@@ -65,8 +65,8 @@ impl Application {
             .await
             .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
-        common::nats::ensure_stream(&js).await?;
-        let idempotency = crate::idempotency::bucket(&js).await?;
+        common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
+        let idempotency = crate::idempotency::bucket(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();
         let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
         let plans = common::plans::Plans::load(config.plans.plans_file.as_deref())?;

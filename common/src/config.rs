@@ -45,9 +45,13 @@ impl AuthArgs {
 /// Where NATS is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL (2.12 or newer, with JetStream).
+    /// NATS server URL (2.12 or newer, with JetStream); a cluster's nodes separated by commas.
     #[arg(long, env = "JOBS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Replicas of the JOBS_EVENTS stream (and the idempotency bucket) when this process
+    /// creates them: 1 on a single server, 3 on a 3-node cluster.
+    #[arg(long, env = "JOBS_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
     /// Seconds to keep trying to reach NATS at start before giving up.
     #[arg(long, env = "JOBS_NATS_CONNECT_WAIT_SECONDS", default_value_t = 30)]
     pub nats_connect_wait_seconds: u64,

@@ -32,6 +32,15 @@ pub fn check_server_version(version: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The servers of a `JOBS_NATS_URL`: one URL, or several separated by commas (a cluster's nodes).
+pub fn servers(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Connects to NATS, retrying for up to `wait`, and refuses a server that is too old.
 /// Once connected the client reconnects by itself, forever.
 pub async fn connect(url: &str, name: &str, wait: Duration) -> anyhow::Result<Client> {
@@ -42,7 +51,7 @@ pub async fn connect(url: &str, name: &str, wait: Duration) -> anyhow::Result<Cl
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .max_reconnects(None)
-            .connect(url)
+            .connect(servers(url))
             .await;
         match attempt {
             Ok(c) => break c,
@@ -65,8 +74,9 @@ pub fn jetstream(client: &Client) -> jetstream::Context {
 }
 
 /// The configuration of `JOBS_EVENTS`: file storage, every subject we write, atomic batches.
-pub fn stream_config() -> stream::Config {
+pub fn stream_config(replicas: usize) -> stream::Config {
     stream::Config {
+        num_replicas: replicas.max(1),
         name: STREAM_NAME.to_string(),
         subjects: STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
         storage: stream::StorageType::File,
@@ -79,8 +89,11 @@ pub fn stream_config() -> stream::Config {
 }
 
 /// Creates `JOBS_EVENTS` if absent (never deleting anything), and returns it.
-pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
-    let wanted = stream_config();
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<stream::Stream> {
+    let wanted = stream_config(replicas);
     let mut stream = js
         .get_or_create_stream(wanted.clone())
         .await

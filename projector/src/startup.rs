@@ -47,7 +47,7 @@ impl Application {
             .await
             .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
-        common::nats::ensure_stream(&js).await?;
+        common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();
         metrics.watch_pool(pool.clone());
         let pm = ProjectorMetrics::new(&metrics);

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub use keys::{Keys, Tls};
-pub use procs::{Bin, Gateway, NatsServer, PrivatePostgres, TestDb};
+pub use procs::{Bin, Gateway, NatsCluster, NatsServer, PrivatePostgres, TestDb};
 
 /// Polls `f` until it returns `Some`, failing after `timeout`. For eventual consistency only.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -55,10 +55,20 @@ fn auth_args(keys: &Keys) -> AuthArgs {
     }
 }
 
+/// Three replicas when `url` names a cluster's nodes, else one.
+fn replicas_for(url: &str) -> usize {
+    if url.contains(',') {
+        3
+    } else {
+        1
+    }
+}
+
 fn nats_args(url: &str) -> NatsArgs {
     NatsArgs {
         nats_url: url.to_string(),
         nats_connect_wait_seconds: 10,
+        stream_replicas: replicas_for(url),
     }
 }
 
@@ -412,15 +422,24 @@ impl Worker {
 /// Every job event in the stream at `nats_url`, in order.
 pub async fn all_events(nats_url: &str) -> Vec<events::Recorded> {
     use futures::StreamExt;
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("nats"));
-    let stream = js.get_stream("JOBS_EVENTS").await.expect("stream");
-    let mut consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: "jobs.events.>".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
+    let servers: Vec<&str> = nats_url.split(',').collect();
+    let js = async_nats::jetstream::new(async_nats::connect(servers).await.expect("nats"));
+    // A cluster that just lost a node may need a moment to answer: retry to a deadline.
+    let mut consumer = eventually(
+        Duration::from_secs(30),
+        "a reader on JOBS_EVENTS",
+        || async {
+            let stream = js.get_stream("JOBS_EVENTS").await.ok()?;
+            stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: "jobs.events.>".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        },
+    )
+    .await;
     let mut out = Vec::new();
     if consumer.info().await.expect("info").num_pending == 0 {
         return out;

@@ -460,3 +460,116 @@ impl Drop for PrivatePostgres {
         let _ = self.down();
     }
 }
+
+/// A 3-node JetStream cluster on loopback from `deploy/nats-cluster.conf.template`.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+}
+
+struct ClusterNode {
+    port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+    _store: TempDir,
+}
+
+impl NatsCluster {
+    pub async fn start() -> anyhow::Result<Self> {
+        let template = std::fs::read_to_string(
+            crate::workspace_root().join("deploy/nats-cluster.conf.template"),
+        )?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, c)| format!("\"nats-route://127.0.0.1:{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for (i, (port, cport)) in ports.iter().enumerate() {
+            let store = tempfile::Builder::new()
+                .prefix("jobs-nats-node-")
+                .tempdir()?;
+            let conf_text = template
+                .replace("@NAME@", &format!("n{i}-{}", uuid::Uuid::new_v4().simple()))
+                .replace("@PORT@", &port.to_string())
+                .replace("@CLUSTER_PORT@", &cport.to_string())
+                .replace("@ROUTES@", &routes)
+                .replace("@STORE_DIR@", store.path().to_str().expect("utf-8"));
+            let conf = store.path().join("node.conf");
+            std::fs::write(&conf, conf_text)?;
+            nodes.push(ClusterNode {
+                port: *port,
+                conf,
+                child: None,
+                _store: store,
+            });
+        }
+        let mut c = Self { nodes };
+        for i in 0..3 {
+            c.spawn(i)?;
+        }
+        // Ready when JetStream answers through the cluster (a meta leader was elected).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(client) = async_nats::connect(c.servers()).await {
+                if async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .is_ok()
+                {
+                    return Ok(c);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the NATS cluster did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        n.child = Some(
+            Command::new(nats_server_bin())
+                .arg("-c")
+                .arg(&n.conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        Ok(())
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Every node, comma-separated (a `JOBS_NATS_URL`).
+    pub fn url(&self) -> String {
+        self.servers().join(",")
+    }
+
+    /// kill -9 of node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -562,3 +562,128 @@ async fn losing_postgres_makes_readyz_say_so_and_everything_recovers_when_it_ret
     let ids: Vec<uuid::Uuid> = [first, second].iter().map(|i| i.parse().unwrap()).collect();
     tests::assert_invariants(&nats.url(), &db, &ids).await;
 }
+
+#[tokio::test]
+async fn losing_a_node_of_a_three_node_cluster_under_load_loses_no_acknowledged_job() {
+    let mut cluster = tests::NatsCluster::start().await.unwrap();
+    let db = tests::TestDb::create().await.unwrap();
+    let keys = tests::Keys::get();
+    let url = cluster.url();
+    let _projector = tests::start_projector(&url, &db.url).await.unwrap();
+    let command = tests::start_command(&url, &keys).await.unwrap();
+    let token = keys.token(uuid::Uuid::new_v4(), &["member"]);
+    let js = async_nats::jetstream::new(
+        async_nats::connect(url.split(',').collect::<Vec<_>>())
+            .await
+            .unwrap(),
+    );
+    let replicas = js
+        .get_stream("JOBS_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .num_replicas;
+    assert_eq!(replicas, 3);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (http, base, token, stop) =
+                (http.clone(), command.url(), token.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut acked, mut statuses) =
+                    (Vec::new(), std::collections::BTreeMap::<u16, u32>::new());
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let res = http
+                        .post(format!("{base}/jobs/v1/enqueue"))
+                        .bearer_auth(&token)
+                        .json(&email_job(p * 100_000 + i))
+                        .send()
+                        .await;
+                    let res = res.expect("every request is answered (no hang)");
+                    *statuses.entry(res.status().as_u16()).or_default() += 1;
+                    if res.status() == 201 {
+                        let v: Value = res.json().await.unwrap();
+                        acked.push(
+                            v["data"]["id"]
+                                .as_str()
+                                .unwrap()
+                                .parse::<uuid::Uuid>()
+                                .unwrap(),
+                        );
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                (acked, statuses)
+            })
+        })
+        .collect();
+    let w = tests::Worker::new(
+        command.worker_port,
+        &tests::Tls::get().worker_pem("cluster"),
+        "cluster",
+    );
+    let worker = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((200, v)) = w
+                    .post(
+                        "/lease",
+                        &json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}),
+                    )
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for j in v["data"]["jobs"].as_array().cloned().unwrap_or_default() {
+                    let _ = w.complete(&j).await;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.kill(0);
+    // Service continues on the other two nodes.
+    eventually(
+        Duration::from_secs(30),
+        "enqueues to succeed with a node down",
+        || async {
+            let res = http
+                .post(format!("{}/jobs/v1/enqueue", command.url()))
+                .bearer_auth(&token)
+                .json(&email_job(1))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == 201).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for p in producers {
+        let (acked, statuses) = p.await.unwrap();
+        assert!(
+            statuses.keys().all(|s| *s == 201 || *s == 503),
+            "only 201 or 503: {statuses:?}"
+        );
+        acknowledged.extend(acked);
+    }
+    worker.await.unwrap();
+    assert!(acknowledged.len() > 10);
+    // Checked on the two surviving nodes.
+    tests::assert_invariants(&url, &db.url, &acknowledged).await;
+}
