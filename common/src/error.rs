@@ -53,6 +53,9 @@ pub enum ApiError {
     /// 413 PAYLOAD_TOO_LARGE
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 431 REQUEST_HEADER_FIELDS_TOO_LARGE
+    #[error("the request's headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// 415 UNSUPPORTED_MEDIA_TYPE
     #[error("send the body as application/json")]
     UnsupportedMediaType,
@@ -95,6 +98,10 @@ impl ApiError {
             }
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "REQUEST_HEADER_FIELDS_TOO_LARGE",
+            ),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }

@@ -10,7 +10,27 @@ use tower_http::trace::TraceLayer;
 use crate::error::{not_found_fallback, ApiError};
 use crate::metrics::{self, Metrics};
 
-/// Adds `/healthz` and `/metrics`, the envelope's 404/405, metrics and the request context.
+/// The most header bytes (names and values) a request may carry.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn limit_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        return ApiError::HeadersTooLarge(MAX_HEADER_BYTES).into_response();
+    }
+    next.run(req).await
+}
+
+/// Adds `/healthz` and `/metrics`, the envelope's 404/405, metrics, the request context, and a
+/// limit on header size.
 /// `/readyz` is the service's own (it knows its dependencies).
 pub fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
     let m = metrics.clone();
@@ -24,6 +44,7 @@ pub fn finish(router: Router, metrics: Arc<Metrics>) -> Router {
             metrics::track,
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn(crate::context::request_context))
 }
 

@@ -1,0 +1,114 @@
+//! Hostile input: each gets its clear 4xx in the envelope, and the service keeps serving.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tests::{email_job, Keys, TestApp};
+
+async fn status_and_code(res: reqwest::Response) -> (u16, Value) {
+    let s = res.status().as_u16();
+    (
+        s,
+        res.json::<Value>()
+            .await
+            .map(|v| v["error"]["code"].clone())
+            .unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
+    let app = TestApp::spawn().await;
+    let post = |body: Vec<u8>| {
+        app.request(Method::POST, "/jobs/v1/enqueue", &app.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Deep nesting, invalid UTF-8, a number out of every range, a NUL: 400.
+    let deep = format!(
+        "{{\"type\":\"t\",\"payload\":{}1{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let mut invalid = br#"{"type":"t","payload":{"a":""#.to_vec();
+    invalid.extend([0xff, 0xfe]);
+    invalid.extend(br#""}}"#);
+    for (what, body) in [
+        ("deep nesting", deep.into_bytes()),
+        ("invalid UTF-8", invalid),
+        (
+            "a huge number",
+            br#"{"type":"t","payload":{},"priority":1e400}"#.to_vec(),
+        ),
+        ("an empty body", Vec::new()),
+    ] {
+        let (s, code) = status_and_code(post(body).await.unwrap()).await;
+        assert_eq!(
+            (s, code.as_str()),
+            (400, Some("VALIDATION_FAILED")),
+            "{what}"
+        );
+    }
+    // Oversized headers: 431 in the envelope.
+    let res = app
+        .request(Method::POST, "/jobs/v1/enqueue", &app.token)
+        .header("x-padding", "a".repeat(64 * 1024))
+        .json(&email_job(1))
+        .send()
+        .await
+        .unwrap();
+    let (s, code) = status_and_code(res).await;
+    assert_eq!(
+        (s, code.as_str()),
+        (431, Some("REQUEST_HEADER_FIELDS_TOO_LARGE"))
+    );
+    // Query abuse.
+    for q in [
+        "limit=1000000",
+        "limit=-1",
+        "cursor=%00%01",
+        "cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "created_after=not-a-date",
+    ] {
+        let (s, code) = status_and_code(
+            app.request(Method::GET, &format!("/jobs/v1/jobs?{q}"), &app.token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((s, code.as_str()), (400, Some("VALIDATION_FAILED")), "{q}");
+    }
+    // JWT header tricks: a `kid` that points nowhere (or somewhere odd), `jku`/`x5u` naming an
+    // attacker's key set: the key is always ours, so these tokens fail the signature.
+    let keys = Keys::get();
+    let claims = Keys::claims(app.tenant, &["admin"]);
+    let attacker = tests::keys::sign_with(
+        &keys.other_rsa_private,
+        jsonwebtoken::Algorithm::RS256,
+        &claims,
+    );
+    let parts: Vec<&str> = attacker.split('.').collect();
+    for header in [
+        json!({"alg": "RS256", "typ": "JWT", "kid": "../../../../etc/passwd"}),
+        json!({"alg": "RS256", "typ": "JWT", "kid": "' OR 1=1 --"}),
+        json!({"alg": "RS256", "typ": "JWT", "jku": "http://127.0.0.1:1/attacker.json"}),
+        json!({"alg": "RS256", "typ": "JWT", "x5u": "http://127.0.0.1:1/attacker.pem"}),
+    ] {
+        let token = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            parts[1],
+            parts[2]
+        );
+        let res = app.enqueue_as(&token, &email_job(1)).await;
+        assert_eq!(res.status(), 401, "{header}");
+    }
+    // And a well-behaved client is still served.
+    let res = app.enqueue_as(&app.token, &email_job(2)).await;
+    assert_eq!(res.status(), 201);
+    let (s, _) = app.get("/jobs/v1/jobs", 0).await;
+    assert_eq!(s, 200);
+}
