@@ -41,12 +41,32 @@ pub fn servers(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// Connect options carrying the user and password of `url` (`nats://user:password@host`), which
+/// the client does not take from the URL by itself.
+pub fn credentials(url: &str, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+    let first = servers(url).into_iter().next().unwrap_or_default();
+    match first.parse::<async_nats::ServerAddr>() {
+        Ok(addr) if addr.has_user_pass() => options.user_and_password(
+            addr.username().unwrap_or_default().to_string(),
+            addr.password().unwrap_or_default().to_string(),
+        ),
+        _ => options,
+    }
+}
+
+/// Connects to `url` (servers and credentials as in `JOBS_NATS_URL`) once, for tools and tests.
+pub async fn connect_once(url: &str) -> Result<Client, async_nats::ConnectError> {
+    credentials(url, async_nats::ConnectOptions::new())
+        .connect(servers(url))
+        .await
+}
+
 /// Connects to NATS, retrying for up to `wait`, and refuses a server that is too old.
 /// Once connected the client reconnects by itself, forever.
 pub async fn connect(url: &str, name: &str, wait: Duration) -> anyhow::Result<Client> {
     let deadline = tokio::time::Instant::now() + wait;
     let client = loop {
-        let attempt = async_nats::ConnectOptions::new()
+        let attempt = credentials(url, async_nats::ConnectOptions::new())
             .name(name)
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(REQUEST_TIMEOUT))

@@ -422,8 +422,7 @@ impl Worker {
 /// Every job event in the stream at `nats_url`, in order.
 pub async fn all_events(nats_url: &str) -> Vec<events::Recorded> {
     use futures::StreamExt;
-    let servers: Vec<&str> = nats_url.split(',').collect();
-    let js = async_nats::jetstream::new(async_nats::connect(servers).await.expect("nats"));
+    let js = async_nats::jetstream::new(common::nats::connect_once(nats_url).await.expect("nats"));
     // A cluster that just lost a node may need a moment to answer: retry to a deadline.
     let mut consumer = eventually(
         Duration::from_secs(30),

@@ -37,6 +37,9 @@ pub struct NatsServer {
     pub store: TempDir,
     child: Option<Child>,
     name: String,
+    conf: Option<PathBuf>,
+    /// Credentials the harness connects with when the server requires them.
+    pub admin: Option<(String, String)>,
 }
 
 impl NatsServer {
@@ -46,6 +49,8 @@ impl NatsServer {
             store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
             child: None,
             name: String::new(),
+            conf: None,
+            admin: None,
         };
         s.spawn().await?;
         Ok(s)
@@ -53,6 +58,29 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with a user's credentials.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// A server that also reads `extra` config (e.g. an authorization block); the harness
+    /// connects as `admin` (password `admin-test-password`), which `extra` must define.
+    pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
+        let mut s = Self {
+            port: free_port(),
+            store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
+            child: None,
+            name: String::new(),
+            conf: None,
+            admin: Some(("admin".into(), "admin-test-password".into())),
+        };
+        let conf = s.store.path().join("extra.conf");
+        std::fs::write(&conf, extra)?;
+        s.conf = Some(conf);
+        s.spawn().await?;
+        Ok(s)
     }
 
     /// Starts the server and waits until *it* answers: a free port can be taken by another
@@ -66,7 +94,11 @@ impl NatsServer {
             if self.name.is_empty() {
                 self.name = format!("test-{}", uuid::Uuid::new_v4().simple());
             }
-            let child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            if let Some(conf) = &self.conf {
+                cmd.arg("-c").arg(conf);
+            }
+            let child = cmd
                 .args([
                     "-a",
                     "127.0.0.1",
@@ -85,7 +117,11 @@ impl NatsServer {
             self.child = Some(child);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                if let Ok(c) = async_nats::connect(self.url()).await {
+                let url = match &self.admin {
+                    Some((u, p)) => self.url_as(u, p),
+                    None => self.url(),
+                };
+                if let Ok(c) = common::nats::connect_once(&url).await {
                     if c.server_info().server_name == self.name
                         && async_nats::jetstream::new(c).query_account().await.is_ok()
                     {

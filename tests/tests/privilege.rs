@@ -1,0 +1,137 @@
+//! Least privilege on NATS (`deploy/nats-auth.conf.template`): each service runs as its own
+//! user with only the rights it needs, the whole loop still works, and query-svc's or the
+//! projector's credential cannot publish an event. Anonymous connections are refused.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tests::{email_job, Keys, NatsServer, TestDb};
+
+const PASSWORDS: [(&str, &str); 3] = [
+    ("command-svc", "c-pass"),
+    ("projector", "p-pass"),
+    ("query-svc", "q-pass"),
+];
+
+fn auth_config() -> String {
+    let template =
+        std::fs::read_to_string(tests::workspace_root().join("deploy/nats-auth.conf.template"))
+            .unwrap();
+    template
+        .replace("@COMMAND_PASSWORD@", PASSWORDS[0].1)
+        .replace("@PROJECTOR_PASSWORD@", PASSWORDS[1].1)
+        .replace("@QUERY_PASSWORD@", PASSWORDS[2].1)
+        // The test harness's own user, with every right.
+        .replace(
+            "users = [",
+            "users = [\n    { user: admin, password: \"admin-test-password\" }",
+        )
+}
+
+#[tokio::test]
+async fn each_service_has_only_the_rights_it_needs() {
+    let nats = NatsServer::start_with(&auth_config()).await.unwrap();
+    let db = TestDb::create().await.unwrap();
+    let keys = Keys::get();
+    let as_user = |i: usize| nats.url_as(PASSWORDS[i].0, PASSWORDS[i].1);
+    let command = tests::start_command(&as_user(0), &keys).await.unwrap();
+    let projector = tests::start_projector(&as_user(1), &db.url).await.unwrap();
+    let query = tests::start_query(&as_user(2), &db.url, &keys)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let tenant = uuid::Uuid::new_v4();
+    let token = keys.token(tenant, &["member"]);
+
+    // The whole loop works with least privilege.
+    let res = http
+        .post(format!("{}/jobs/v1/enqueue", command.url()))
+        .bearer_auth(&token)
+        .json(&email_job(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let seq = tests::event_seq(&res);
+    let job: Value = res.json().await.unwrap();
+    let id = job["data"]["id"].as_str().unwrap();
+    let res = http
+        .get(format!("{}/jobs/v1/jobs/{id}", query.url()))
+        .bearer_auth(&token)
+        .header("x-min-event-seq", seq.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "projected and served: {:?}",
+        res.text().await
+    );
+    let w = tests::Worker::new(
+        command.worker_port,
+        &tests::Tls::get().worker_pem("lp"),
+        "lp",
+    );
+    let held = w.lease(&json!({"types": ["email.send"]})).await;
+    assert_eq!(w.complete(&held[0]).await.0, 200);
+    let key = http
+        .request(Method::POST, format!("{}/jobs/v1/enqueue", command.url()))
+        .bearer_auth(&token)
+        .header("idempotency-key", "lp-1")
+        .json(&email_job(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        key.status(),
+        201,
+        "the idempotency bucket works as command-svc"
+    );
+    for base in [command.url(), projector.url(), query.url()] {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{base}: {:?}", r.text().await);
+    }
+
+    // Only command-svc may publish events.
+    for i in [1, 2] {
+        let url = as_user(i);
+        let client = common::nats::credentials(
+            &url,
+            async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_secs(2))),
+        )
+        .connect(common::nats::servers(&url))
+        .await
+        .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let forged = js
+            .publish(
+                format!("jobs.events.{tenant}.{}", uuid::Uuid::now_v7()),
+                "forged".into(),
+            )
+            .await;
+        let acked = match forged {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(
+            !acked,
+            "{} must not be able to publish an event",
+            PASSWORDS[i].0
+        );
+    }
+    let all = tests::all_events(&nats.url_as("admin", "admin-test-password")).await;
+    assert!(
+        all.iter().all(|r| r.envelope.tenant_id == tenant),
+        "nothing forged reached the stream"
+    );
+    // Anonymous connections are refused.
+    assert!(
+        async_nats::ConnectOptions::new()
+            .connect(nats.url())
+            .await
+            .is_err(),
+        "anonymous"
+    );
+}
