@@ -91,15 +91,17 @@ fn payload() -> Value {
 }
 
 async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
-    let client = async_nats::connect(nats)
+    let client = common::nats::connect_once(nats)
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
-    let name = format!("BENCH_RAW_{}", Uuid::new_v4().simple());
+    // One reference stream (one benchmark at a time), made afresh.
+    let name = "BENCH_RAW".to_string();
     let prefix = format!("bench.{}", Uuid::new_v4().simple());
+    let _ = js.delete_stream(&name).await;
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.clone(),
-        subjects: vec![format!("{prefix}.>")],
+        subjects: vec!["bench.>".to_string()],
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
     })

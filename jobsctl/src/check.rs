@@ -36,7 +36,7 @@ pub async fn read_stream(
     nats_url: &str,
 ) -> anyhow::Result<Vec<(String, u64, Result<Envelope, String>)>> {
     let js = async_nats::jetstream::new(
-        async_nats::connect(nats_url.split(',').collect::<Vec<_>>())
+        common::nats::connect_once(nats_url)
             .await
             .context("connecting to NATS")?,
     );

@@ -81,7 +81,7 @@ pub async fn read(
     follow: bool,
     mut each: impl FnMut(Item, u64) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&source.nats_url)
+    let client = common::nats::connect_once(&source.nats_url)
         .await
         .with_context(|| format!("connecting to {}", source.nats_url))?;
     let js = async_nats::jetstream::new(client);

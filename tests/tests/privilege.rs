@@ -22,6 +22,8 @@ fn auth_config() -> String {
         .replace("@COMMAND_PASSWORD@", PASSWORDS[0].1)
         .replace("@PROJECTOR_PASSWORD@", PASSWORDS[1].1)
         .replace("@QUERY_PASSWORD@", PASSWORDS[2].1)
+        .replace("@AUDITOR_PASSWORD@", "a-pass")
+        .replace("@BENCH_PASSWORD@", "b-pass")
         // The test harness's own user, with every right.
         .replace(
             "users = [",
@@ -121,7 +123,9 @@ async fn each_service_has_only_the_rights_it_needs() {
             PASSWORDS[i].0
         );
     }
-    let all = tests::all_events(&nats.url_as("admin", "admin-test-password")).await;
+    // The auditor reads the history (and can write nothing).
+    let all = tests::all_events(&nats.url_as("auditor", "a-pass")).await;
+    assert!(!all.is_empty());
     assert!(
         all.iter().all(|r| r.envelope.tenant_id == tenant),
         "nothing forged reached the stream"
