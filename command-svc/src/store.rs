@@ -139,10 +139,9 @@ impl EventStore {
                     self.metrics.conflicts.inc();
                     AppendError::Conflict
                 }
-                PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::MaxAckPending => AppendError::Unavailable(e.to_string()),
-                _ => AppendError::Other(e.to_string()),
+                // Anything else the event store answered (no responders while a cluster
+                // elects a leader, "temporarily unavailable", a timeout): it stored nothing.
+                _ => AppendError::Unavailable(e.to_string()),
             }),
         }
     }
@@ -219,10 +218,17 @@ impl EventStore {
             }
             Err(e) => Err(match e.kind() {
                 _ if e.to_string().contains("wrong last sequence") => AppendError::Conflict,
-                BatchPublishErrorKind::Request | BatchPublishErrorKind::Publish => {
-                    AppendError::Unavailable(e.to_string())
+                // Our own mistakes in building the batch are bugs; the rest is the store
+                // refusing or not answering, which stored nothing.
+                BatchPublishErrorKind::MaxMessagesExceeded
+                | BatchPublishErrorKind::EmptyBatch
+                | BatchPublishErrorKind::BatchClosed
+                | BatchPublishErrorKind::BatchPublishUnsupportedHeader
+                | BatchPublishErrorKind::BatchPublishDuplicateMsgId
+                | BatchPublishErrorKind::BatchPublishNotEnabled => {
+                    AppendError::Other(e.to_string())
                 }
-                _ => AppendError::Other(e.to_string()),
+                _ => AppendError::Unavailable(e.to_string()),
             }),
         }
     }
@@ -258,10 +264,9 @@ impl EventStore {
                 Ok(ack.sequence)
             }
             Err(e) => Err(match e.kind() {
-                PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::MaxAckPending => AppendError::Unavailable(e.to_string()),
-                _ => AppendError::Other(e.to_string()),
+                // Anything else the event store answered (no responders while a cluster
+                // elects a leader, "temporarily unavailable", a timeout): it stored nothing.
+                _ => AppendError::Unavailable(e.to_string()),
             }),
         }
     }
