@@ -263,11 +263,9 @@ impl EventStore {
                     .inc();
                 Ok(ack.sequence)
             }
-            Err(e) => Err(match e.kind() {
-                // Anything else the event store answered (no responders while a cluster
-                // elects a leader, "temporarily unavailable", a timeout): it stored nothing.
-                _ => AppendError::Unavailable(e.to_string()),
-            }),
+            // Whatever the event store answered (no responders while a cluster elects a
+            // leader, "temporarily unavailable", a timeout): it stored nothing we know of.
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
         }
     }
 }
