@@ -40,16 +40,32 @@ pub async fn read_stream(
             .await
             .context("connecting to NATS")?,
     );
-    let stream = js
-        .get_stream(STREAM_NAME)
-        .await
-        .context("opening JOBS_EVENTS")?;
-    let mut consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: "jobs.events.>".into(),
-            ..Default::default()
-        })
-        .await?;
+    // A cluster that just lost a node can take a few seconds to answer: retry for a while.
+    let mut tries = 0;
+    let mut consumer = loop {
+        let attempt = async {
+            let stream = js
+                .get_stream(STREAM_NAME)
+                .await
+                .context("opening JOBS_EVENTS")?;
+            let c = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: "jobs.events.>".into(),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok(c)
+        }
+        .await;
+        match attempt {
+            Ok(c) => break c,
+            Err(e) if tries < 10 => {
+                tries += 1;
+                pause_after(e).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut out = Vec::new();
     if consumer.info().await?.num_pending == 0 {
         return Ok(out);
@@ -201,4 +217,9 @@ pub async fn check(
         pool.close().await;
     }
     Ok(report)
+}
+
+async fn pause_after(e: anyhow::Error) {
+    eprintln!("jobsctl: {e:#}; retrying");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 }

@@ -527,3 +527,99 @@ pub async fn assert_invariants(nats_url: &str, db_url: &str, acknowledged: &[Uui
     );
     assert!(report.jobs >= acknowledged.len());
 }
+
+/// A mixed load for fault tests: `producers` connections enqueueing as fast as they are
+/// answered (recording every status and each acknowledged job), and a worker leasing and
+/// completing. Every request must be answered (no hang).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    producers: Vec<JoinHandle<(Vec<Uuid>, std::collections::BTreeMap<u16, u32>)>>,
+    worker: JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(command_url: &str, token: &str, worker: Worker, producers: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("client");
+        let producers = (0..producers)
+            .map(|p| {
+                let (http, url, token, stop) = (
+                    http.clone(),
+                    command_url.to_string(),
+                    token.to_string(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let (mut acked, mut statuses) =
+                        (Vec::new(), std::collections::BTreeMap::<u16, u32>::new());
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let res = http
+                            .post(format!("{url}/jobs/v1/enqueue"))
+                            .bearer_auth(&token)
+                            .json(&email_job(p * 100_000 + i))
+                            .send()
+                            .await;
+                        let res = res.expect("every request is answered (no hang)");
+                        *statuses.entry(res.status().as_u16()).or_default() += 1;
+                        if res.status() == 201 {
+                            let v: Value = res.json().await.expect("json");
+                            acked.push(
+                                v["data"]["id"]
+                                    .as_str()
+                                    .expect("id")
+                                    .parse::<Uuid>()
+                                    .expect("uuid"),
+                            );
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    (acked, statuses)
+                })
+            })
+            .collect();
+        let worker = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let body = serde_json::json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1});
+                    let Ok((200, v)) = worker.post("/lease", &body).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    for j in v["data"]["jobs"].as_array().cloned().unwrap_or_default() {
+                        let _ = worker.complete(&j).await;
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            producers,
+            worker,
+        }
+    }
+
+    /// Stops the load; asserts every answer was a 201 or a 503 (never a 500); returns the
+    /// acknowledged jobs.
+    pub async fn finish(self) -> Vec<Uuid> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        for p in self.producers {
+            let (acked, statuses) = p.await.expect("producer");
+            assert!(
+                statuses.keys().all(|s| *s == 201 || *s == 503),
+                "only 201 or 503: {statuses:?}"
+            );
+            acknowledged.extend(acked);
+        }
+        self.worker.await.expect("worker");
+        acknowledged
+    }
+}

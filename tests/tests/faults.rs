@@ -312,71 +312,7 @@ async fn nats_paused_beyond_the_timeout_answers_503_then_recovers_and_loses_noth
 #[tokio::test]
 async fn kill_9_of_nats_under_enqueue_and_lease_load_loses_no_acknowledged_job() {
     let mut app = TestApp::spawn().await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap();
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let (http, url, token, stop) = (
-                http.clone(),
-                app.command.url(),
-                app.token.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let (mut acked, mut statuses) =
-                    (Vec::new(), std::collections::BTreeMap::<u16, u32>::new());
-                let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    i += 1;
-                    let res = http
-                        .post(format!("{url}/jobs/v1/enqueue"))
-                        .bearer_auth(&token)
-                        .json(&email_job(p * 100_000 + i))
-                        .send()
-                        .await;
-                    let res = res.expect("every request is answered (no hang)");
-                    *statuses.entry(res.status().as_u16()).or_default() += 1;
-                    if res.status() == 201 {
-                        let v: Value = res.json().await.unwrap();
-                        acked.push(
-                            v["data"]["id"]
-                                .as_str()
-                                .unwrap()
-                                .parse::<uuid::Uuid>()
-                                .unwrap(),
-                        );
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                (acked, statuses)
-            })
-        })
-        .collect();
-    let w = app.worker("under-fire");
-    let worker = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((200, v)) = w
-                    .post(
-                        "/lease",
-                        &json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}),
-                    )
-                    .await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                for j in v["data"]["jobs"].as_array().cloned().unwrap_or_default() {
-                    let _ = w.complete(&j).await;
-                }
-            }
-        })
-    };
+    let load = tests::Load::start(&app.command.url(), &app.token, app.worker("under-fire"), 4);
     tokio::time::sleep(Duration::from_millis(800)).await;
     app.nats.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -399,17 +335,7 @@ async fn kill_9_of_nats_under_enqueue_and_lease_load_loses_no_acknowledged_job()
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for p in producers {
-        let (acked, statuses) = p.await.unwrap();
-        assert!(
-            statuses.keys().all(|s| *s == 201 || *s == 503),
-            "only 201 or 503: {statuses:?}"
-        );
-        acknowledged.extend(acked);
-    }
-    worker.await.unwrap();
+    let acknowledged = load.finish().await;
     assert!(acknowledged.len() > 10);
     tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
 }
@@ -588,71 +514,13 @@ async fn losing_a_node_of_a_three_node_cluster_under_load_loses_no_acknowledged_
         .num_replicas;
     assert_eq!(replicas, 3);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap();
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let (http, base, token, stop) =
-                (http.clone(), command.url(), token.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut acked, mut statuses) =
-                    (Vec::new(), std::collections::BTreeMap::<u16, u32>::new());
-                let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    i += 1;
-                    let res = http
-                        .post(format!("{base}/jobs/v1/enqueue"))
-                        .bearer_auth(&token)
-                        .json(&email_job(p * 100_000 + i))
-                        .send()
-                        .await;
-                    let res = res.expect("every request is answered (no hang)");
-                    *statuses.entry(res.status().as_u16()).or_default() += 1;
-                    if res.status() == 201 {
-                        let v: Value = res.json().await.unwrap();
-                        acked.push(
-                            v["data"]["id"]
-                                .as_str()
-                                .unwrap()
-                                .parse::<uuid::Uuid>()
-                                .unwrap(),
-                        );
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                (acked, statuses)
-            })
-        })
-        .collect();
-    let w = tests::Worker::new(
+    let worker = tests::Worker::new(
         command.worker_port,
         &tests::Tls::get().worker_pem("cluster"),
         "cluster",
     );
-    let worker = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((200, v)) = w
-                    .post(
-                        "/lease",
-                        &json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}),
-                    )
-                    .await
-                else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                for j in v["data"]["jobs"].as_array().cloned().unwrap_or_default() {
-                    let _ = w.complete(&j).await;
-                }
-            }
-        })
-    };
+    let load = tests::Load::start(&command.url(), &token, worker, 4);
+    let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cluster.kill(0);
     // Service continues on the other two nodes.
@@ -672,17 +540,7 @@ async fn losing_a_node_of_a_three_node_cluster_under_load_loses_no_acknowledged_
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for p in producers {
-        let (acked, statuses) = p.await.unwrap();
-        assert!(
-            statuses.keys().all(|s| *s == 201 || *s == 503),
-            "only 201 or 503: {statuses:?}"
-        );
-        acknowledged.extend(acked);
-    }
-    worker.await.unwrap();
+    let acknowledged = load.finish().await;
     assert!(acknowledged.len() > 10);
     // Checked on the two surviving nodes.
     tests::assert_invariants(&url, &db.url, &acknowledged).await;
