@@ -528,12 +528,15 @@ pub async fn assert_invariants(nats_url: &str, db_url: &str, acknowledged: &[Uui
     assert!(report.jobs >= acknowledged.len());
 }
 
+/// What one producer saw: the jobs acknowledged to it, and how many answers of each status.
+type ProducerTally = (Vec<Uuid>, std::collections::BTreeMap<u16, u32>);
+
 /// A mixed load for fault tests: `producers` connections enqueueing as fast as they are
 /// answered (recording every status and each acknowledged job), and a worker leasing and
 /// completing. Every request must be answered (no hang).
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    producers: Vec<JoinHandle<(Vec<Uuid>, std::collections::BTreeMap<u16, u32>)>>,
+    producers: Vec<JoinHandle<ProducerTally>>,
     worker: JoinHandle<()>,
 }
 
