@@ -128,28 +128,40 @@ fn worker(id: &str) -> ApiResult<String> {
     Ok(id.to_string())
 }
 
+/// Appends `WorkerDrained` or `WorkerUndrained`.
+async fn set_draining(
+    state: &AppState,
+    user: &AuthUser,
+    worker_id: &str,
+    draining: bool,
+) -> ApiResult<Response> {
+    let worker_id = worker(worker_id)?;
+    let event = if draining {
+        PlatformEvent::WorkerDrained {
+            worker_id: worker_id.clone(),
+        }
+    } else {
+        PlatformEvent::WorkerUndrained {
+            worker_id: worker_id.clone(),
+        }
+    };
+    let seq = append(state, user, event).await?;
+    Ok(with_seq(
+        envelope(
+            StatusCode::OK,
+            json!({ "worker_id": worker_id, "draining": draining }),
+        ),
+        seq,
+    ))
+}
+
 async fn drain(
     State(state): State<AppState>,
     user: AuthUser,
     Path(worker_id): Path<String>,
     OptionalJson(_): OptionalJson<EmptyBody>,
 ) -> ApiResult<Response> {
-    let worker_id = worker(&worker_id)?;
-    let seq = append(
-        &state,
-        &user,
-        PlatformEvent::WorkerDrained {
-            worker_id: worker_id.clone(),
-        },
-    )
-    .await?;
-    Ok(with_seq(
-        envelope(
-            StatusCode::OK,
-            json!({ "worker_id": worker_id, "draining": true }),
-        ),
-        seq,
-    ))
+    set_draining(&state, &user, &worker_id, true).await
 }
 
 async fn undrain(
@@ -158,20 +170,5 @@ async fn undrain(
     Path(worker_id): Path<String>,
     OptionalJson(_): OptionalJson<EmptyBody>,
 ) -> ApiResult<Response> {
-    let worker_id = worker(&worker_id)?;
-    let seq = append(
-        &state,
-        &user,
-        PlatformEvent::WorkerUndrained {
-            worker_id: worker_id.clone(),
-        },
-    )
-    .await?;
-    Ok(with_seq(
-        envelope(
-            StatusCode::OK,
-            json!({ "worker_id": worker_id, "draining": false }),
-        ),
-        seq,
-    ))
+    set_draining(&state, &user, &worker_id, false).await
 }
