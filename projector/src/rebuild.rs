@@ -89,6 +89,11 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&admin)
         .await?;
+    // Readers (a read-only role for query-svc) may look into it, as into `public`; what they
+    // may read is the tables' grants (default privileges of the projector's role).
+    sqlx::query(&format!("GRANT USAGE ON SCHEMA {schema} TO PUBLIC"))
+        .execute(&admin)
+        .await?;
     let fresh: PgPool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options.clone().options([("search_path", schema.as_str())]))

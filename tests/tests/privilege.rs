@@ -139,3 +139,154 @@ async fn each_service_has_only_the_rights_it_needs() {
         "anonymous"
     );
 }
+
+#[tokio::test]
+async fn query_svc_reads_with_a_read_only_postgres_role_and_the_projector_owns_the_read_model() {
+    let nats = NatsServer::start().await.unwrap();
+    let admin_url = std::env::var("JOBS_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (owner, reader, db) = (
+        format!("jobs_projector_{suffix}"),
+        format!("jobs_query_{suffix}"),
+        format!("jobs_roles_{suffix}"),
+    );
+    // What deploy/postgres-roles.sql sets up, with names of this test's own.
+    let setup = std::fs::read_to_string(tests::workspace_root().join("deploy/postgres-roles.sql"))
+        .unwrap()
+        .replace("jobs_projector", &owner)
+        .replace("jobs_query", &reader);
+    sqlx::raw_sql(&setup).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db} OWNER {owner}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let with_user = |user: &str, db: &str| {
+        let base = admin_url
+            .rsplit_once('/')
+            .unwrap()
+            .0
+            .replace("postgres@", &format!("{user}@"));
+        format!("{base}/{db}")
+    };
+    let in_db = sqlx::PgPool::connect(&with_user("postgres", &db))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT SELECT ON TABLES TO {reader}"
+    ))
+    .execute(&in_db)
+    .await
+    .unwrap();
+    in_db.close().await;
+
+    let keys = Keys::get();
+    let projector = tests::start_projector(&nats.url(), &with_user(&owner, &db))
+        .await
+        .unwrap();
+    let command = tests::start_command(&nats.url(), &keys).await.unwrap();
+    let query = tests::start_query(&nats.url(), &with_user(&reader, &db), &keys)
+        .await
+        .unwrap();
+    let token = keys.token(uuid::Uuid::new_v4(), &["member"]);
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/jobs/v1/enqueue", command.url()))
+        .bearer_auth(&token)
+        .json(&email_job(1))
+        .send()
+        .await
+        .unwrap();
+    let seq = tests::event_seq(&res);
+    let job: Value = res.json().await.unwrap();
+    let res = http
+        .get(format!(
+            "{}/jobs/v1/jobs/{}",
+            query.url(),
+            job["data"]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .header("x-min-event-seq", seq.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        http.get(format!("{}/readyz", query.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{}/readyz", projector.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The reader cannot write.
+    let ro = sqlx::PgPool::connect(&with_user(&reader, &db))
+        .await
+        .unwrap();
+    for stmt in [
+        "UPDATE projector_checkpoint SET last_seq = 0",
+        "DELETE FROM jobs",
+        "DROP TABLE job_events",
+    ] {
+        let err = sqlx::query(stmt)
+            .execute(&ro)
+            .await
+            .expect_err(stmt)
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{stmt}: {err}"
+        );
+    }
+    ro.close().await;
+
+    // A rebuild by the projector's role keeps the reader reading.
+    let out = tokio::process::Command::new(tests::procs::bin_path("projector"))
+        .arg("rebuild")
+        .env_clear()
+        .env("JOBS_NATS_URL", nats.url())
+        .env("JOBS_DATABASE_URL", with_user(&owner, &db))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res = http
+        .get(format!(
+            "{}/jobs/v1/jobs/{}",
+            query.url(),
+            job["data"]["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the read-only role reads the rebuilt tables"
+    );
+    drop((projector, command, query));
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {owner}"))
+        .execute(&admin)
+        .await;
+    let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {reader}"))
+        .execute(&admin)
+        .await;
+}
