@@ -61,9 +61,14 @@ impl Application {
             required(&config.worker_client_ca, "JOBS_WORKER_CLIENT_CA")?,
         )?;
         let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
-        let client = common::nats::connect(&config.nats.nats_url, "command-svc", wait)
-            .await
-            .context("JOBS_NATS_URL")?;
+        let client = common::nats::connect_with_ca(
+            &config.nats.nats_url,
+            config.nats.nats_ca.as_deref(),
+            "command-svc",
+            wait,
+        )
+        .await
+        .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
         common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
         let idempotency = crate::idempotency::bucket(&js, config.nats.stream_replicas).await?;

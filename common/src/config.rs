@@ -48,6 +48,9 @@ pub struct NatsArgs {
     /// NATS server URL (2.12 or newer, with JetStream); a cluster's nodes separated by commas.
     #[arg(long, env = "JOBS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// PEM CA that signed the NATS server's certificate: connect over TLS and verify it.
+    #[arg(long, env = "JOBS_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Replicas of the JOBS_EVENTS stream (and the idempotency bucket) when this process
     /// creates them: 1 on a single server, 3 on a 3-node cluster.
     #[arg(long, env = "JOBS_STREAM_REPLICAS", default_value_t = 1)]

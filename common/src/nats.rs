@@ -64,9 +64,25 @@ pub async fn connect_once(url: &str) -> Result<Client, async_nats::ConnectError>
 /// Connects to NATS, retrying for up to `wait`, and refuses a server that is too old.
 /// Once connected the client reconnects by itself, forever.
 pub async fn connect(url: &str, name: &str, wait: Duration) -> anyhow::Result<Client> {
+    connect_with_ca(url, None, name, wait).await
+}
+
+/// As `connect`, over TLS verified against `ca` when given (`JOBS_NATS_CA`).
+pub async fn connect_with_ca(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    name: &str,
+    wait: Duration,
+) -> anyhow::Result<Client> {
     let deadline = tokio::time::Instant::now() + wait;
     let client = loop {
-        let attempt = credentials(url, async_nats::ConnectOptions::new())
+        let mut options = credentials(url, async_nats::ConnectOptions::new());
+        if let Some(ca) = ca {
+            options = options
+                .add_root_certificates(ca.to_path_buf())
+                .require_tls(true);
+        }
+        let attempt = options
             .name(name)
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(REQUEST_TIMEOUT))

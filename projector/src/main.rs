@@ -41,7 +41,13 @@ async fn main() {
 
 async fn rebuild(config: &Config) -> anyhow::Result<projector::rebuild::Report> {
     let wait = std::time::Duration::from_secs(config.nats.nats_connect_wait_seconds);
-    let client = common::nats::connect(&config.nats.nats_url, "projector-rebuild", wait).await?;
+    let client = common::nats::connect_with_ca(
+        &config.nats.nats_url,
+        config.nats.nats_ca.as_deref(),
+        "projector-rebuild",
+        wait,
+    )
+    .await?;
     let js = common::nats::jetstream(&client);
     projector::rebuild::rebuild(&config.database_url, &js).await
 }

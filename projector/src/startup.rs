@@ -43,9 +43,14 @@ impl Application {
             .run(&pool)
             .await
             .context("migrating the read model")?;
-        let client = common::nats::connect(&config.nats.nats_url, "projector", wait)
-            .await
-            .context("JOBS_NATS_URL")?;
+        let client = common::nats::connect_with_ca(
+            &config.nats.nats_url,
+            config.nats.nats_ca.as_deref(),
+            "projector",
+            wait,
+        )
+        .await
+        .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
         common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();

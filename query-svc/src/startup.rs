@@ -67,9 +67,14 @@ impl Application {
         let verifier = config.auth.verifier()?;
         let wait = Duration::from_secs(config.nats.nats_connect_wait_seconds);
         let pool = common::db::connect(&config.database_url, config.db_pool, wait).await?;
-        let client = common::nats::connect(&config.nats.nats_url, "query-svc", wait)
-            .await
-            .context("JOBS_NATS_URL")?;
+        let client = common::nats::connect_with_ca(
+            &config.nats.nats_url,
+            config.nats.nats_ca.as_deref(),
+            "query-svc",
+            wait,
+        )
+        .await
+        .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
         let (tx, rx) = watch::channel(0u64);
         let state = AppState {

@@ -69,6 +69,7 @@ fn nats_args(url: &str) -> NatsArgs {
         nats_url: url.to_string(),
         nats_connect_wait_seconds: 10,
         stream_replicas: replicas_for(url),
+        nats_ca: None,
     }
 }
 

@@ -40,6 +40,7 @@ pub struct NatsServer {
     conf: Option<PathBuf>,
     /// Credentials the harness connects with when the server requires them.
     pub admin: Option<(String, String)>,
+    ca: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -51,6 +52,7 @@ impl NatsServer {
             name: String::new(),
             conf: None,
             admin: None,
+            ca: None,
         };
         s.spawn().await?;
         Ok(s)
@@ -75,10 +77,30 @@ impl NatsServer {
             name: String::new(),
             conf: None,
             admin: Some(("admin".into(), "admin-test-password".into())),
+            ca: None,
         };
         let conf = s.store.path().join("extra.conf");
         std::fs::write(&conf, extra)?;
         s.conf = Some(conf);
+        s.spawn().await?;
+        Ok(s)
+    }
+
+    /// As `start_with`, for a server that requires TLS: the harness verifies it with `ca`.
+    pub async fn start_with_tls(extra: &str, ca: &Path) -> anyhow::Result<Self> {
+        let mut s = Self {
+            port: free_port(),
+            store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
+            child: None,
+            name: String::new(),
+            conf: None,
+            admin: Some(("admin".into(), "admin-test-password".into())),
+            ca: None,
+        };
+        let conf = s.store.path().join("extra.conf");
+        std::fs::write(&conf, extra)?;
+        s.conf = Some(conf);
+        s.ca = Some(ca.to_path_buf());
         s.spawn().await?;
         Ok(s)
     }
@@ -121,7 +143,17 @@ impl NatsServer {
                     Some((u, p)) => self.url_as(u, p),
                     None => self.url(),
                 };
-                if let Ok(c) = common::nats::connect_once(&url).await {
+                let client = match &self.ca {
+                    Some(ca) => {
+                        common::nats::credentials(&url, async_nats::ConnectOptions::new())
+                            .add_root_certificates(ca.clone())
+                            .require_tls(true)
+                            .connect(common::nats::servers(&url))
+                            .await
+                    }
+                    None => common::nats::connect_once(&url).await,
+                };
+                if let Ok(c) = client {
                     if c.server_info().server_name == self.name
                         && async_nats::jetstream::new(c).query_account().await.is_ok()
                     {

@@ -290,3 +290,28 @@ async fn query_svc_reads_with_a_read_only_postgres_role_and_the_projector_owns_t
         .execute(&admin)
         .await;
 }
+
+#[tokio::test]
+async fn the_services_speak_tls_to_nats_when_given_its_ca() {
+    let tls = tests::Tls::get();
+    let extra = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\nauthorization {{ users = [ {{ user: admin, password: \"admin-test-password\" }} ] }}\n",
+        tls.server_cert.display(),
+        tls.server_key.display()
+    );
+    let nats = NatsServer::start_with_tls(&extra, &tls.ca).await.unwrap();
+    let url = nats.url_as("admin", "admin-test-password");
+    let mut config = tests::command_config(&url, &Keys::get());
+    config.nats.nats_ca = Some(tls.ca.clone());
+    let app = command_svc::Application::build(config)
+        .await
+        .expect("command-svc connects over TLS");
+    drop(app);
+    // Without the CA (no TLS), the server refuses the connection.
+    let mut plain = tests::command_config(&url, &Keys::get());
+    plain.nats.nats_connect_wait_seconds = 1;
+    assert!(
+        command_svc::Application::build(plain).await.is_err(),
+        "plain text is refused"
+    );
+}
