@@ -221,6 +221,8 @@ async fn an_expired_lease_is_lost_and_the_job_leased_again() {
     let (status, done) = w2.complete(again).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["data"]["status"], "completed");
+    let id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &[id]).await;
 }
 
 #[tokio::test]
