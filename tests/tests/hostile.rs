@@ -112,3 +112,52 @@ async fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
     let (s, _) = app.get("/jobs/v1/jobs", 0).await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = ("127.0.0.1", app.command.port);
+    // Headers that never end.
+    let mut slow_headers = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_headers
+        .write_all(b"POST /jobs/v1/enqueue HTTP/1.1\r\nHost: x\r\n".as_slice())
+        .await
+        .unwrap();
+    // A body that never ends.
+    let mut slow_body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /jobs/v1/enqueue HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\":",
+        app.token
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+    // Others are served meanwhile.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        app.enqueue_as(&app.token, &email_job(1)).await.status(),
+        201
+    );
+    let limit = common::server::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(5);
+    for (what, mut stream) in [
+        ("unfinished headers", slow_headers),
+        ("unfinished body", slow_body),
+    ] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(limit, stream.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "{what}: the server kept the connection open past {limit:?}"
+        );
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{what}: closed, or answered with a 4xx: {text}"
+        );
+    }
+    assert!(started.elapsed() < limit + std::time::Duration::from_secs(5));
+    assert_eq!(
+        app.enqueue_as(&app.token, &email_job(2)).await.status(),
+        201,
+        "still serving"
+    );
+}
