@@ -83,18 +83,22 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let router = router.clone();
-        let service = hyper::service::service_fn(
-            move |req: axum::extract::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            },
-        );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (router, builder, watcher) = (router.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // A connection that sends nothing at all is idle: hyper's header timer only starts
+            // with the first byte, so wait for that here.
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await;
+            if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            let service = hyper::service::service_fn(
+                move |req: axum::extract::Request<hyper::body::Incoming>| {
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended");
             }
         });

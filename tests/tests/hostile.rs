@@ -114,7 +114,7 @@ async fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
 }
 
 #[tokio::test]
-async fn slow_clients_are_cut_off_while_others_are_served() {
+async fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
     let addr = ("127.0.0.1", app.command.port);
@@ -131,6 +131,8 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
         app.token
     );
     slow_body.write_all(head.as_bytes()).await.unwrap();
+    // A connection that never sends a byte.
+    let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Others are served meanwhile.
     let started = std::time::Instant::now();
     assert_eq!(
@@ -141,6 +143,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     for (what, mut stream) in [
         ("unfinished headers", slow_headers),
         ("unfinished body", slow_body),
+        ("idle", idle),
     ] {
         let mut buf = Vec::new();
         let read = tokio::time::timeout(limit, stream.read_to_end(&mut buf)).await;
