@@ -70,24 +70,15 @@ impl NatsServer {
     /// A server that also reads `extra` config (e.g. an authorization block); the harness
     /// connects as `admin` (password `admin-test-password`), which `extra` must define.
     pub async fn start_with(extra: &str) -> anyhow::Result<Self> {
-        let mut s = Self {
-            port: free_port(),
-            store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
-            child: None,
-            name: String::new(),
-            conf: None,
-            admin: Some(("admin".into(), "admin-test-password".into())),
-            ca: None,
-        };
-        let conf = s.store.path().join("extra.conf");
-        std::fs::write(&conf, extra)?;
-        s.conf = Some(conf);
-        s.spawn().await?;
-        Ok(s)
+        Self::start_configured(extra, None).await
     }
 
     /// As `start_with`, for a server that requires TLS: the harness verifies it with `ca`.
     pub async fn start_with_tls(extra: &str, ca: &Path) -> anyhow::Result<Self> {
+        Self::start_configured(extra, Some(ca)).await
+    }
+
+    async fn start_configured(extra: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
         let mut s = Self {
             port: free_port(),
             store: tempfile::Builder::new().prefix("jobs-nats-").tempdir()?,
@@ -95,12 +86,11 @@ impl NatsServer {
             name: String::new(),
             conf: None,
             admin: Some(("admin".into(), "admin-test-password".into())),
-            ca: None,
+            ca: ca.map(Path::to_path_buf),
         };
         let conf = s.store.path().join("extra.conf");
         std::fs::write(&conf, extra)?;
         s.conf = Some(conf);
-        s.ca = Some(ca.to_path_buf());
         s.spawn().await?;
         Ok(s)
     }
