@@ -182,9 +182,25 @@ impl NatsServer {
         self.spawn().await
     }
 
+    /// SIGSTOP, returning once the kernel reports the process stopped (the signal is
+    /// delivered asynchronously; a busy machine can take a moment).
     pub fn pause(&self) {
         if let Some(c) = &self.child {
             signal(c, "STOP");
+            let status = format!("/proc/{}/status", c.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                let stopped = std::fs::read_to_string(&status)
+                    .map(|s| {
+                        s.lines()
+                            .any(|l| l.starts_with("State:") && l.contains("stopped"))
+                    })
+                    .unwrap_or(true);
+                if stopped {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
