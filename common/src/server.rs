@@ -107,6 +107,24 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves until `shutdown` resolves, cancelling `stop` (the process's background work) at that
+/// moment, then drains in-flight requests; `stop` is cancelled on every way out.
+pub async fn serve_and_stop(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let on_signal = stop.clone();
+    let served = serve(listener, router, async move {
+        shutdown.await;
+        on_signal.cancel();
+    })
+    .await;
+    stop.cancel();
+    served
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

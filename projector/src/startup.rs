@@ -100,13 +100,8 @@ impl Application {
             port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0),
             "projector listening"
         );
-        let stop_http = stop.clone();
-        let served = common::server::serve(self.listener, self.router, async move {
-            shutdown.await;
-            stop_http.cancel();
-        })
-        .await;
-        stop.cancel();
+        let served =
+            common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
         let _ = projection.await;
         let _ = lag.await;
         served
