@@ -184,6 +184,11 @@ impl JwtVerifier {
         Ok(Self::new(keys, issuer, audience))
     }
 
+    /// A verifier with no key: every token is refused (for building routers in tests).
+    pub fn refusing_all() -> Self {
+        Self::new(Vec::new(), None, None)
+    }
+
     fn new(keys: Vec<VerifyKey>, issuer: Option<String>, audience: Option<String>) -> Self {
         Self {
             keys,

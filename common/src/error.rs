@@ -74,6 +74,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Every code [`ApiError::status_and_code`] can answer, plus the gateway's own.
+    pub const CODES: &'static [&'static str] = &[
+        "VALIDATION_FAILED",
+        "UNAUTHENTICATED",
+        "FORBIDDEN",
+        "TENANT_MISMATCH",
+        "NOT_FOUND",
+        "METHOD_NOT_ALLOWED",
+        "INVALID_STATE",
+        "LEASE_LOST",
+        "IDEMPOTENCY_IN_PROGRESS",
+        "IDEMPOTENCY_KEY_REUSED",
+        "PRECONDITION_FAILED",
+        "PAYLOAD_TOO_LARGE",
+        "REQUEST_HEADER_FIELDS_TOO_LARGE",
+        "UNSUPPORTED_MEDIA_TYPE",
+        "QUOTA_EXCEEDED",
+        "RATE_LIMITED",
+        "SERVICE_UNAVAILABLE",
+        "INTERNAL",
+        "BAD_GATEWAY",
+    ];
+
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError::new(field, message)])
     }
@@ -179,7 +202,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A page of a list: the cursor to continue from, if any.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub next_cursor: Option<String>,
     pub has_more: bool,

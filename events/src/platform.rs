@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::envelope::{Actor, DecodeError, SCHEMA_VERSION};
 
 /// Any subset of a tenant's limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,7 +29,7 @@ impl LimitOverrides {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum PlatformEvent {
     /// The tenant's overrides are now exactly `overrides` (replacing earlier ones).
@@ -77,7 +77,7 @@ pub fn worker_token(worker_id: &str) -> String {
     h[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlatformEnvelope {
     pub event_id: Uuid,
     pub schema_version: u32,

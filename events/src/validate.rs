@@ -21,7 +21,7 @@ pub const MAX_DELAY_SECONDS: i64 = 366 * 86_400;
 pub const MAX_BACKOFF_SECONDS: i64 = 7 * 86_400;
 
 /// A problem with one field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -36,7 +36,7 @@ impl FieldError {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
     pub base_seconds: Option<i64>,
@@ -44,26 +44,41 @@ pub struct BackoffRequest {
 }
 
 /// The body of `POST /jobs/v1/enqueue` (and each element of a batch).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
+    /// What kind of job this is; workers lease by type.
     #[serde(rename = "type")]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "email.send")]
     pub job_type: String,
+    /// Any JSON but null, handed to the worker as it is (at most the plan's `max_payload_bytes`).
     pub payload: Value,
+    /// 0 (lowest) to 10 (highest); default 5.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10)]
     pub priority: Option<i64>,
+    /// Default `default`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub queue: Option<String>,
+    /// Run no earlier than this (at most a year ahead); not with `delay_seconds`.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
+    /// Run no earlier than this many seconds from now; not with `run_at`.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31_622_400)]
     pub delay_seconds: Option<i64>,
+    /// Attempts before the job is dead-lettered; default 3.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
+    /// How long one attempt may hold its lease in all (heartbeats included); default 300.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub timeout_seconds: Option<i64>,
     #[serde(default)]
     pub backoff: Option<BackoffRequest>,
+    /// Free-form JSON object kept with the job.
     #[serde(default)]
     pub metadata: Option<Value>,
 }
@@ -290,7 +305,7 @@ mod tests {
 }
 
 /// The body of `PATCH /jobs/v1/jobs/{id}`: any of these fields.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     #[serde(default)]

@@ -1,17 +1,27 @@
 //! jobsctl: the Jobs Service's command line for people.
 //!
-//! `jobsctl token` signs a development token with the key `deploy/up` generated, so a developer
-//! can call the API without an identity provider; `jobsctl worker` is a reference worker.
+//! Managing jobs over the HTTP API (`login`, `enqueue`, `list`, `get`, `events`, `explain`,
+//! `cancel`, `retry`, `update`, `dlq`, `metrics`, `quota`: tables for people, `--json` for
+//! programs); `token` signs a development token with the key `deploy/up` generated; `worker` is
+//! a reference worker; `replay`, `verify`, `state` and `check` read the event stream.
+//!
+//! Exit status: 0 done, 1 an error (the API's, a usage error, unreachable), 2 a violation found
+//! by `verify` or `check`.
 
+mod api;
+mod config;
+mod dlq;
+mod enqueue;
 mod history;
+mod jobs;
+mod login;
+mod output;
+mod usage;
 mod worker;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -23,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Api(ApiCmd),
     /// Print a signed bearer token (RS256 for an RSA key, ES256 for an EC P-256 key).
     Token(TokenArgs),
     /// Run jobs: lease over mTLS, run a command per job, complete or fail by its exit status.
@@ -35,6 +47,75 @@ enum Cmd {
     State(history::StateArgs),
     /// Check the service's invariants on the stream (and the read model); exit 2 on a violation.
     Check(CheckArgs),
+}
+
+/// The commands that talk to the HTTP API (through the gateway).
+#[derive(Subcommand)]
+enum ApiCmd {
+    /// Sign in (POST /auth/v1/login) and keep the URL and tokens in the config file.
+    Login(login::LoginArgs),
+    /// Enqueue one job from flags, or every line of an NDJSON file in batches (--file).
+    Enqueue(enqueue::EnqueueArgs),
+    /// List jobs, newest first, filtered; --all follows every page.
+    List(jobs::ListArgs),
+    /// Show one job.
+    Get(jobs::JobArgs),
+    /// A job's history, oldest first.
+    Events(jobs::EventsArgs),
+    /// Why a job is not running (yet).
+    Explain(jobs::JobArgs),
+    /// Cancel a job (a running one: its worker is told at its next heartbeat).
+    Cancel(jobs::CancelArgs),
+    /// Run a dead-lettered, cancelled or completed job again.
+    Retry(jobs::RetryArgs),
+    /// Change a waiting job: priority, run time, payload, attempts, queue.
+    Update(jobs::UpdateArgs),
+    /// The dead-letter queue: list, get, retry (one, or --all matching filters), purge.
+    Dlq {
+        #[command(subcommand)]
+        cmd: dlq::DlqCmd,
+    },
+    /// The tenant's jobs by status and type, throughput and latency.
+    Metrics(usage::MetricsArgs),
+    /// The tenant's plan limits and how much of them is in use.
+    Quota(usage::QuotaArgs),
+}
+
+impl ApiCmd {
+    fn args(&self) -> &config::ApiArgs {
+        match self {
+            ApiCmd::Login(a) => &a.api,
+            ApiCmd::Enqueue(a) => &a.api,
+            ApiCmd::List(a) => &a.api,
+            ApiCmd::Get(a) | ApiCmd::Explain(a) => &a.api,
+            ApiCmd::Events(a) => &a.api,
+            ApiCmd::Cancel(a) => &a.api,
+            ApiCmd::Retry(a) => &a.api,
+            ApiCmd::Update(a) => &a.api,
+            ApiCmd::Dlq { cmd } => cmd.api(),
+            ApiCmd::Metrics(a) => &a.api,
+            ApiCmd::Quota(a) => &a.api,
+        }
+    }
+
+    /// Runs with the settings its options, the environment and the config file give.
+    async fn run(self) -> anyhow::Result<()> {
+        let api = api::Api::new(config::settings(self.args())?)?;
+        match self {
+            ApiCmd::Login(a) => login::run(&api, a).await,
+            ApiCmd::Enqueue(a) => enqueue::run(&api, a).await,
+            ApiCmd::List(a) => jobs::list(&api, a).await,
+            ApiCmd::Get(a) => jobs::get(&api, a).await,
+            ApiCmd::Events(a) => jobs::events(&api, a).await,
+            ApiCmd::Explain(a) => jobs::explain(&api, a).await,
+            ApiCmd::Cancel(a) => jobs::cancel(&api, a).await,
+            ApiCmd::Retry(a) => jobs::retry(&api, a).await,
+            ApiCmd::Update(a) => jobs::update(&api, a).await,
+            ApiCmd::Dlq { cmd } => dlq::run(&api, cmd).await,
+            ApiCmd::Metrics(a) => usage::metrics(&api, a).await,
+            ApiCmd::Quota(a) => usage::quota(&api, a).await,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -83,37 +164,31 @@ struct TokenArgs {
 }
 
 fn token(a: TokenArgs) -> anyhow::Result<String> {
-    let pem = std::fs::read(&a.key)
-        .with_context(|| format!("reading the signing key {}", a.key.display()))?;
-    let (alg, key) = if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
-        (Algorithm::RS256, k)
-    } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
-        (Algorithm::ES256, k)
-    } else {
-        bail!("{} is not a PEM RSA or EC private key", a.key.display());
-    };
+    let signer = common::signing::Signer::from_pem_file(&a.key)?;
     let now = chrono::Utc::now().timestamp();
-    let mut claims = json!({
-        "sub": a.sub.unwrap_or_else(|| Uuid::new_v4().to_string()),
-        "tenantId": a.tenant,
-        "email": a.email,
-        "roles": a.roles,
-        "planTier": a.plan_tier,
-        "iat": now,
-        "exp": now + a.ttl_seconds,
-    });
-    if let Some(iss) = a.issuer {
-        claims["iss"] = json!(iss);
-    }
-    if let Some(aud) = a.audience {
-        claims["aud"] = json!(aud);
-    }
-    Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &key)?)
+    signer.sign(&common::signing::TokenClaims {
+        sub: a.sub.unwrap_or_else(|| Uuid::new_v4().to_string()),
+        tenant_id: a.tenant,
+        email: a.email,
+        roles: a.roles,
+        plan_tier: Some(a.plan_tier),
+        iat: now,
+        exp: now + a.ttl_seconds,
+        iss: a.issuer,
+        aud: a.audience,
+    })
 }
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; a usage error is an error like any other: 1.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Cmd::Token(a) => token(a).map(|t| println!("{t}")),
         Cmd::Worker(a) => worker::run(a).await,
@@ -144,9 +219,16 @@ async fn main() {
             Ok(false) => std::process::exit(2),
             Err(e) => Err(e),
         },
+        Cmd::Api(cmd) => cmd.run().await,
     };
     if let Err(e) = result {
-        eprintln!("jobsctl: {e:#}");
+        // Under --json an answer of the API goes to stdout as it came, the words to stderr.
+        if let Some(api::Failure::Api(a)) = e.downcast_ref::<api::Failure>() {
+            if a.json_out && !a.body.trim().is_empty() {
+                output::print_raw(&a.body);
+            }
+        }
+        eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }

@@ -3,6 +3,14 @@ use query_svc::{Application, Config};
 
 #[tokio::main]
 async fn main() {
+    // `query-svc openapi`: print the service's OpenAPI document (docs/openapi.json) and exit.
+    if std::env::args().nth(1).as_deref() == Some("openapi") {
+        println!(
+            "{}",
+            common::openapi::to_json(&query_svc::routes::docs::document())
+        );
+        return;
+    }
     let config = Config::parse();
     let _telemetry = config.log.init("query-svc");
     let app = match Application::build(config).await {

@@ -3,7 +3,8 @@
 //! Each test gets its own `nats-server` (free port, temp store dir, killed on drop), its own
 //! Postgres database (created from `JOBS_TEST_DATABASE_URL`, dropped after), fresh signing
 //! keys, and the three services — in-process on port 0 ([`TestApp::spawn`]) or as the built
-//! binaries ([`Bin`]) where a test must kill one. [`Gateway`] runs the real nginx config.
+//! binaries ([`Bin`]) where a test must kill one. [`Gateway`] runs the real nginx config;
+//! [`start_dev_auth`] adds the development login behind it.
 
 pub mod keys;
 pub mod procs;
@@ -179,6 +180,7 @@ trait WorkerPort {
 }
 impl WorkerPort for query_svc::Application {}
 impl WorkerPort for projector::Application {}
+impl WorkerPort for dev_auth::Application {}
 impl WorkerPort for command_svc::Application {
     fn worker_port_of(&self) -> u16 {
         self.worker_port()
@@ -204,6 +206,31 @@ pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Run
     Ok(run_app!(
         projector::Application::build(projector_config(nats_url, db_url)).await?
     ))
+}
+
+/// The committed development users (`deploy/dev-users.toml`: the seed page's two).
+pub fn dev_users_file() -> std::path::PathBuf {
+    workspace_root().join("deploy/dev-users.toml")
+}
+
+/// jobs-dev-auth signing with the test's RSA key (what the services verify), for `users`.
+pub fn dev_auth_config(keys: &Keys, users: &std::path::Path) -> dev_auth::Config {
+    dev_auth::Config {
+        listen: local(0),
+        users: users.to_path_buf(),
+        key: keys.rsa_private.clone(),
+        access_ttl_seconds: 3600,
+        refresh_ttl_seconds: 86_400,
+        issuer: None,
+        audience: None,
+        log: log_args(),
+    }
+}
+
+/// The development login in-process (route `/auth/v1/` to it with
+/// [`Gateway::start_with_dev_login`]).
+pub async fn start_dev_auth(config: dev_auth::Config) -> anyhow::Result<Running> {
+    Ok(run_app!(dev_auth::Application::build(config).await?))
 }
 
 /// The whole stack for one test.

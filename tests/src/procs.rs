@@ -349,7 +349,8 @@ impl Drop for Bin {
     }
 }
 
-/// The nginx gateway from `deploy/nginx.conf.template`, in the foreground.
+/// The nginx gateway from `deploy/nginx.conf.template`, in the foreground; the development
+/// login's route only when started with [`Gateway::start_with_dev_login`].
 pub struct Gateway {
     pub port: u16,
     child: Option<Child>,
@@ -358,10 +359,39 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(command_port: u16, query_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(command_port, query_port, None).await
+    }
+
+    /// As `start`, with the development login enabled: `/auth/v1/` goes to jobs-dev-auth on
+    /// `dev_auth_port`, as `deploy/up` renders it.
+    pub async fn start_with_dev_login(
+        command_port: u16,
+        query_port: u16,
+        dev_auth_port: u16,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(command_port, query_port, Some(dev_auth_port)).await
+    }
+
+    async fn start_with(
+        command_port: u16,
+        query_port: u16,
+        dev_auth_port: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let prefix = tempfile::Builder::new().prefix("jobs-nginx-").tempdir()?;
         let port = free_port();
-        let template =
-            std::fs::read_to_string(crate::workspace_root().join("deploy/nginx.conf.template"))?;
+        let deploy = crate::workspace_root().join("deploy");
+        let template = std::fs::read_to_string(deploy.join("nginx.conf.template"))?;
+        let dev_login = match dev_auth_port {
+            Some(p) => {
+                let snippet =
+                    std::fs::read_to_string(deploy.join("nginx-dev-login.conf.template"))?
+                        .replace("@DEV_AUTH_UPSTREAM@", &format!("127.0.0.1:{p}"));
+                let path = prefix.path().join("dev-login.conf");
+                std::fs::write(&path, snippet)?;
+                format!("include {};", path.to_str().expect("utf-8"))
+            }
+            None => String::new(),
+        };
         let is_root = Command::new("id")
             .arg("-u")
             .output()
@@ -372,7 +402,12 @@ impl Gateway {
             .replace("@COMMAND_UPSTREAM@", &format!("127.0.0.1:{command_port}"))
             .replace("@QUERY_UPSTREAM@", &format!("127.0.0.1:{query_port}"))
             .replace("@PREFIX@", prefix.path().to_str().expect("utf-8"))
-            .replace("@USER_DIRECTIVE@", if is_root { "user root;" } else { "" });
+            .replace("@USER_DIRECTIVE@", if is_root { "user root;" } else { "" })
+            .replace("@DEV_LOGIN@", &dev_login)
+            .replace(
+                "@WEB_ROOT@",
+                &format!("{}/../web", env!("CARGO_MANIFEST_DIR")),
+            );
         let conf_path = prefix.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let nginx = std::env::var_os("JOBS_TEST_NGINX")

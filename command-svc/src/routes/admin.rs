@@ -5,8 +5,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::{post, put};
-use axum::Router;
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::json::{ApiJson, OptionalJson};
@@ -15,6 +13,8 @@ use events::platform::{LimitOverrides, PlatformEnvelope, PlatformEvent};
 use events::validate::FieldError;
 use events::Actor;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::routes::jobs::EmptyBody;
@@ -23,14 +23,27 @@ use crate::startup::AppState;
 /// The largest value an override may set.
 const MAX_LIMIT: u64 = 1_000_000_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/v1/admin/tenants/{tenant_id}/overrides",
-            put(set_overrides).delete(clear_overrides),
-        )
-        .route("/jobs/v1/admin/workers/{worker_id}/drain", post(drain))
-        .route("/jobs/v1/admin/workers/{worker_id}/undrain", post(undrain))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_overrides, clear_overrides))
+        .routes(routes!(drain))
+        .routes(routes!(undrain))
+}
+
+/// A tenant's overrides as set.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OverridesSet {
+    tenant_id: Uuid,
+    overrides: LimitOverrides,
+}
+
+/// A worker's drain state.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct DrainState {
+    worker_id: String,
+    draining: bool,
 }
 
 async fn append(state: &AppState, user: &AuthUser, event: PlatformEvent) -> ApiResult<u64> {
@@ -57,6 +70,18 @@ fn tenant(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::validation("tenant_id", "must be a UUID"))
 }
 
+/// Set a tenant's limit overrides
+///
+/// Replaces the tenant's overrides; a field left out keeps the plan tier's value.
+#[utoipa::path(
+    put,
+    path = "/jobs/v1/admin/tenants/{tenant_id}/overrides",
+    tag = "admin",
+    operation_id = "setTenantOverrides",
+    params(("tenant_id" = Uuid, Path, description = "Any tenant"), common::openapi::CommandHeaders),
+    request_body = LimitOverrides,
+    responses((status = 200, description = "The overrides now in force", body = common::openapi::Envelope<OverridesSet>))
+)]
 async fn set_overrides(
     State(state): State<AppState>,
     user: AuthUser,
@@ -102,6 +127,15 @@ async fn set_overrides(
     ))
 }
 
+/// Clear a tenant's limit overrides
+#[utoipa::path(
+    delete,
+    path = "/jobs/v1/admin/tenants/{tenant_id}/overrides",
+    tag = "admin",
+    operation_id = "clearTenantOverrides",
+    params(("tenant_id" = Uuid, Path, description = "Any tenant"), common::openapi::CommandHeaders),
+    responses((status = 200, description = "The tenant is back to its plan tier's limits", body = common::openapi::Envelope<OverridesSet>))
+)]
 async fn clear_overrides(
     State(state): State<AppState>,
     user: AuthUser,
@@ -155,6 +189,18 @@ async fn set_draining(
     ))
 }
 
+/// Drain a worker
+///
+/// It gets no new leases; the jobs it holds run to their end.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/admin/workers/{worker_id}/drain",
+    tag = "admin",
+    operation_id = "drainWorker",
+    params(("worker_id" = String, Path, description = "The worker's identity from its certificate"), common::openapi::CommandHeaders),
+    request_body(content = Option<EmptyBody>, description = "Optional, empty"),
+    responses((status = 200, description = "The worker is draining", body = common::openapi::Envelope<DrainState>))
+)]
 async fn drain(
     State(state): State<AppState>,
     user: AuthUser,
@@ -164,6 +210,16 @@ async fn drain(
     set_draining(&state, &user, &worker_id, true).await
 }
 
+/// Undrain a worker
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/admin/workers/{worker_id}/undrain",
+    tag = "admin",
+    operation_id = "undrainWorker",
+    params(("worker_id" = String, Path, description = "The worker's identity from its certificate"), common::openapi::CommandHeaders),
+    request_body(content = Option<EmptyBody>, description = "Optional, empty"),
+    responses((status = 200, description = "The worker gets leases again", body = common::openapi::Envelope<DrainState>))
+)]
 async fn undrain(
     State(state): State<AppState>,
     user: AuthUser,

@@ -5,8 +5,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{delete, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
 use common::error::envelope;
@@ -17,6 +15,8 @@ use events::{Actor, Command, Job};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::routes::jobs::{run, EmptyBody};
@@ -26,13 +26,27 @@ pub const MAX_IDS: usize = 1000;
 const SAMPLE: usize = 10;
 const CONCURRENCY: usize = 32;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/v1/dlq/retry", post(redrive))
-        .route("/jobs/v1/dlq/{id}/retry", post(retry_one))
-        .route("/jobs/v1/dlq/{id}", delete(purge))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(redrive))
+        .routes(routes!(retry_one))
+        .routes(routes!(purge))
 }
 
+/// Retry one dead-lettered job
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/dlq/{id}/retry",
+    tag = "dead-letter queue",
+    operation_id = "retryDeadLetter",
+    params(("id" = Uuid, Path, description = "The job's id"), crate::routes::jobs::IfMatch, common::openapi::CommandHeaders),
+    request_body(content = Option<EmptyBody>, description = "Optional, empty"),
+    responses(
+        (status = 200, description = "The job, pending again", body = common::openapi::Envelope<Job>),
+        (status = 409, description = "The job is not dead-lettered (`INVALID_STATE`)", body = common::openapi::ErrorEnvelope),
+        (status = 412, description = "`If-Match` names an older version", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn retry_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -43,6 +57,29 @@ async fn retry_one(
     run(&state, &user, &id, &headers, Command::Redrive).await
 }
 
+/// The answer of purge.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Purged {
+    id: Uuid,
+    purged: bool,
+}
+
+/// Purge a dead-lettered job
+///
+/// Its payload is dropped from the read model; its history stays (a `JobPurged` event).
+#[utoipa::path(
+    delete,
+    path = "/jobs/v1/dlq/{id}",
+    tag = "dead-letter queue",
+    operation_id = "purgeDeadLetter",
+    params(("id" = Uuid, Path, description = "The job's id"), crate::routes::jobs::IfMatch, common::openapi::CommandHeaders),
+    responses(
+        (status = 200, description = "Purged", body = common::openapi::Envelope<Purged>),
+        (status = 409, description = "The job is not dead-lettered (`INVALID_STATE`)", body = common::openapi::ErrorEnvelope),
+        (status = 412, description = "`If-Match` names an older version", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn purge(
     State(state): State<AppState>,
     user: AuthUser,
@@ -58,7 +95,8 @@ async fn purge(
     Ok(out)
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Which dead-lettered jobs to requeue: all of the caller's that match every filter given.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedriveRequest {
     #[serde(default, rename = "type")]
@@ -95,6 +133,31 @@ impl RedriveRequest {
     }
 }
 
+/// What a redrive did (or, with `dry_run`, would do).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct RedriveResult {
+    /// How many jobs were requeued (absent on a dry run).
+    requeued: Option<u64>,
+    /// Dry run: how many jobs would be requeued.
+    would_requeue: Option<u64>,
+    /// Dry run: up to 10 of them.
+    sample: Option<Vec<Job>>,
+}
+
+/// Redrive dead-lettered jobs
+///
+/// Requeues every dead-lettered job of the caller that matches the filters (at most 1000 ids);
+/// each exactly once, even when two redrives overlap.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/dlq/retry",
+    tag = "dead-letter queue",
+    operation_id = "redriveDeadLetters",
+    params(common::openapi::CommandHeaders),
+    request_body = RedriveRequest,
+    responses((status = 200, description = "What was requeued", body = common::openapi::Envelope<RedriveResult>))
+)]
 async fn redrive(
     State(state): State<AppState>,
     user: AuthUser,

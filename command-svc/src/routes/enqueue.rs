@@ -7,8 +7,6 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::json::ApiJson;
@@ -17,8 +15,9 @@ use events::validate::{EnqueueRequest, EnqueueSpec, FieldError};
 use events::{apply, decide, Actor, Command, Envelope, Job, Recorded, SCHEMA_VERSION};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::config::Config;
 use crate::startup::AppState;
 use crate::store::AppendError;
 use common::plans::Limits;
@@ -28,21 +27,34 @@ const ACTIVE_RETRY_AFTER: u64 = 5;
 
 pub const MAX_BATCH: usize = 500;
 
-pub fn router(config: &Config) -> Router<AppState> {
+/// `max_payload_bytes` and `max_batch_body_bytes` bound the bodies (see `Config`).
+pub fn router(max_payload_bytes: usize, max_batch_body_bytes: usize) -> OpenApiRouter<AppState> {
     // The single-job body may carry the largest payload plus the other fields.
-    let single_limit = config.max_payload_bytes + 64 * 1024;
-    Router::new()
-        .route(
-            "/jobs/v1/enqueue",
-            post(enqueue).layer(DefaultBodyLimit::max(single_limit)),
-        )
-        .route(
-            "/jobs/v1/enqueue/batch",
-            post(enqueue_batch).layer(DefaultBodyLimit::max(config.max_batch_body_bytes)),
-        )
+    let single_limit = max_payload_bytes + 64 * 1024;
+    let (schemas, paths, single) = routes!(enqueue);
+    let single = (
+        schemas,
+        paths,
+        single.layer(DefaultBodyLimit::max(single_limit)),
+    );
+    let (schemas, paths, batch) = routes!(enqueue_batch);
+    let batch = (
+        schemas,
+        paths,
+        batch.layer(DefaultBodyLimit::max(max_batch_body_bytes)),
+    );
+    OpenApiRouter::new().routes(single).routes(batch)
 }
 
-#[derive(Deserialize)]
+/// The answer of a batch: every job, in the order sent.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Batch {
+    jobs: Vec<Job>,
+}
+
+/// Up to 500 jobs, enqueued all or none.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     jobs: Vec<EnqueueRequest>,
@@ -150,6 +162,24 @@ fn with_seq(mut res: Response, seq: u64) -> Response {
     res
 }
 
+/// Enqueue a job
+///
+/// Appends a `JobEnqueued` event; the answer is the job as that event folds. `pending` when
+/// `run_at` has come, else `scheduled`.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/enqueue",
+    tag = "jobs",
+    operation_id = "enqueueJob",
+    params(common::openapi::CommandHeaders),
+    request_body(content = EnqueueRequest, example = json!({"type": "email.send", "payload": {"to": "user@example.com", "template": "welcome"}, "priority": 5})),
+    responses(
+        (status = 201, description = "The job, enqueued", body = common::openapi::Envelope<Job>,
+         headers(("x-event-seq" = u64, description = "Stream sequence of the appended event; send it as x-min-event-seq on a later read"))),
+        (status = 429, description = "The tenant's active-jobs quota is full (`QUOTA_EXCEEDED`) or its enqueue rate is exceeded (`RATE_LIMITED`); `Retry-After` says when to retry", body = common::openapi::ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    )
+)]
 async fn enqueue(
     State(state): State<AppState>,
     user: AuthUser,
@@ -193,6 +223,23 @@ fn created(job: &Job) -> Response {
     res
 }
 
+/// Enqueue a batch of jobs
+///
+/// Up to 500 jobs, all or none (one atomic append); a problem with any job refuses the batch and
+/// names it (`jobs[3].priority`).
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/enqueue/batch",
+    tag = "jobs",
+    operation_id = "enqueueBatch",
+    params(common::openapi::CommandHeaders),
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Every job, enqueued", body = common::openapi::Envelope<Batch>),
+        (status = 429, description = "The tenant's active-jobs quota is full (`QUOTA_EXCEEDED`) or its enqueue rate is exceeded (`RATE_LIMITED`); `Retry-After` says when to retry", body = common::openapi::ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
+    )
+)]
 async fn enqueue_batch(
     State(state): State<AppState>,
     user: AuthUser,

@@ -4,8 +4,6 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::{patch, post};
-use axum::Router;
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::json::{if_match, ApiJson, OptionalJson};
@@ -13,15 +11,17 @@ use common::{ApiError, ApiResult};
 use events::validate::UpdateRequest;
 use events::{Actor, Command, Job};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/v1/jobs/{id}", patch(update))
-        .route("/jobs/v1/jobs/{id}/cancel", post(cancel))
-        .route("/jobs/v1/jobs/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(update))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
 }
 
 pub fn parse_id(id: &str) -> ApiResult<Uuid> {
@@ -62,6 +62,23 @@ pub async fn run(
     Ok(job_response(&job))
 }
 
+/// Change a job
+///
+/// Any of priority, run_at, payload, max_attempts, queue while the job is scheduled or
+/// pending. `If-Match` (the job's `ETag`) makes it conditional.
+#[utoipa::path(
+    patch,
+    path = "/jobs/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "updateJob",
+    params(("id" = Uuid, Path, description = "The job's id"), IfMatch, common::openapi::CommandHeaders),
+    request_body = UpdateRequest,
+    responses(
+        (status = 200, description = "The job, changed", body = common::openapi::Envelope<Job>),
+        (status = 409, description = "The job is no longer scheduled or pending (`INVALID_STATE`)", body = common::openapi::ErrorEnvelope),
+        (status = 412, description = "`If-Match` names an older version (`PRECONDITION_FAILED`)", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     user: AuthUser,
@@ -91,13 +108,30 @@ async fn update(
     run(&state, &user, &id, &headers, Command::Update(spec)).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// Cancel a job
+///
+/// Scheduled or pending → cancelled; leased → `cancel_requested`, then cancelled when the
+/// worker stops or its lease ends.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    operation_id = "cancelJob",
+    params(("id" = Uuid, Path, description = "The job's id"), IfMatch, common::openapi::CommandHeaders),
+    request_body(content = Option<CancelRequest>, description = "Optional"),
+    responses(
+        (status = 200, description = "The job, cancelled or with cancel requested", body = common::openapi::Envelope<Job>),
+        (status = 409, description = "The job is already finished (`INVALID_STATE`)", body = common::openapi::ErrorEnvelope),
+        (status = 412, description = "`If-Match` names an older version", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -125,10 +159,36 @@ async fn cancel(
     .await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyBody {}
 
+/// `If-Match`: the job's version as its `ETag` says (`"3"`); the command is refused with 412 if
+/// the job has moved on.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IfMatch {
+    #[param(rename = "If-Match", pattern = "^(\\*|(W/)?\"?[0-9]+\"?)$")]
+    if_match: Option<String>,
+}
+
+/// Retry a job
+///
+/// A dead-lettered or cancelled job runs again with its attempts reset.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/jobs/{id}/retry",
+    tag = "jobs",
+    operation_id = "retryJob",
+    params(("id" = Uuid, Path, description = "The job's id"), IfMatch, common::openapi::CommandHeaders),
+    request_body(content = Option<EmptyBody>, description = "Optional, empty"),
+    responses(
+        (status = 200, description = "The job, pending again", body = common::openapi::Envelope<Job>),
+        (status = 409, description = "The job is not dead-lettered or cancelled (`INVALID_STATE`)", body = common::openapi::ErrorEnvelope),
+        (status = 412, description = "`If-Match` names an older version", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn retry(
     State(state): State<AppState>,
     user: AuthUser,

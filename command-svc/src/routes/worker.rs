@@ -2,12 +2,13 @@
 //! The worker is who its certificate says ([`WorkerIdentity`]); a body cannot claim another.
 
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::post;
-use axum::{Extension, Router};
+use axum::Extension;
 use common::error::envelope;
 use common::json::ApiJson;
 use common::{ApiError, ApiResult};
@@ -20,12 +21,28 @@ use uuid::Uuid;
 use crate::startup::AppState;
 use crate::tls::WorkerIdentity;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/v1/worker/lease", post(lease))
-        .route("/jobs/v1/worker/jobs/{id}/heartbeat", post(heartbeat))
-        .route("/jobs/v1/worker/jobs/{id}/complete", post(complete))
-        .route("/jobs/v1/worker/jobs/{id}/fail", post(fail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(lease))
+        .routes(routes!(heartbeat))
+        .routes(routes!(complete))
+        .routes(routes!(fail))
+}
+
+/// The answer of lease: the jobs now held (empty when none came within `wait_seconds`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Leased {
+    jobs: Vec<events::Job>,
+}
+
+/// The answer of heartbeat.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct HeartbeatAnswer {
+    expires_at: chrono::DateTime<chrono::Utc>,
+    /// Stop and fail or complete the job: a person cancelled it.
+    cancel_requested: bool,
 }
 
 fn range(
@@ -62,7 +79,7 @@ fn ready(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LeaseRequest {
     types: Vec<String>,
@@ -76,6 +93,18 @@ struct LeaseRequest {
     wait_seconds: Option<i64>,
 }
 
+/// Lease jobs
+///
+/// Up to `max_jobs` ready jobs of the given types (priority, then tenants round-robin, then
+/// FIFO), long-polling up to `wait_seconds` when none is ready.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/worker/lease",
+    tag = "worker",
+    operation_id = "leaseJobs",
+    request_body = LeaseRequest,
+    responses((status = 200, description = "The jobs leased (maybe none)", body = common::openapi::Envelope<Leased>))
+)]
 async fn lease(
     State(state): State<AppState>,
     Extension(worker): Extension<WorkerIdentity>,
@@ -120,7 +149,7 @@ async fn lease(
     Ok(envelope(StatusCode::OK, json!({ "jobs": jobs })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HeartbeatRequest {
     lease_id: u64,
@@ -130,6 +159,21 @@ struct HeartbeatRequest {
     extend_seconds: Option<i64>,
 }
 
+/// Heartbeat
+///
+/// Extends the lease (by `extend_seconds`, else the lease's length) and records progress.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/worker/jobs/{id}/heartbeat",
+    tag = "worker",
+    operation_id = "heartbeat",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "The lease's new end", body = common::openapi::Envelope<HeartbeatAnswer>),
+        (status = 409, description = "The lease expired, was cancelled, or belongs to another worker (`LEASE_LOST`); nothing was appended", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     Extension(worker): Extension<WorkerIdentity>,
@@ -165,7 +209,7 @@ async fn heartbeat(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompleteRequest {
     lease_id: u64,
@@ -173,6 +217,19 @@ struct CompleteRequest {
     result: Option<Value>,
 }
 
+/// Complete a job
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/worker/jobs/{id}/complete",
+    tag = "worker",
+    operation_id = "completeJob",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    request_body = CompleteRequest,
+    responses(
+        (status = 200, description = "The job, completed", body = common::openapi::Envelope<events::Job>),
+        (status = 409, description = "The lease expired, was cancelled, or belongs to another worker (`LEASE_LOST`); nothing was appended", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn complete(
     State(state): State<AppState>,
     Extension(worker): Extension<WorkerIdentity>,
@@ -200,15 +257,16 @@ async fn complete(
     Ok(envelope(StatusCode::OK, job))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = FailError)]
 struct ErrorBody {
     message: String,
     #[serde(default)]
     code: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FailRequest {
     lease_id: u64,
@@ -219,6 +277,22 @@ struct FailRequest {
     retry_after_seconds: Option<i64>,
 }
 
+/// Fail an attempt
+///
+/// Retried with backoff while attempts are left and `retryable` (default true), else
+/// dead-lettered.
+#[utoipa::path(
+    post,
+    path = "/jobs/v1/worker/jobs/{id}/fail",
+    tag = "worker",
+    operation_id = "failJob",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    request_body = FailRequest,
+    responses(
+        (status = 200, description = "The job, scheduled for a retry or dead-lettered", body = common::openapi::Envelope<events::Job>),
+        (status = 409, description = "The lease expired, was cancelled, or belongs to another worker (`LEASE_LOST`); nothing was appended", body = common::openapi::ErrorEnvelope),
+    )
+)]
 async fn fail(
     State(state): State<AppState>,
     Extension(worker): Extension<WorkerIdentity>,

@@ -3,8 +3,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
 use common::error::{envelope, list_envelope, Page};
@@ -13,22 +11,54 @@ use common::{ApiError, ApiResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::freshness::{stamp, wait_for};
 use crate::routes::jobs::{check_limit, db_error, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/jobs/v1/admin/tenants/{tenant_id}/overrides",
-            get(get_overrides),
-        )
-        .route("/jobs/v1/admin/workers", get(list_workers))
-        .route("/jobs/v1/admin/workers/{worker_id}", get(get_worker))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_overrides))
+        .routes(routes!(list_workers))
+        .routes(routes!(get_worker))
 }
 
+/// A tenant's limit overrides.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TenantOverrides {
+    tenant_id: Uuid,
+    /// Empty when none are set.
+    overrides: events::platform::LimitOverrides,
+    updated_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<events::Actor>)]
+    updated_by: Option<Value>,
+}
+
+/// A worker the service has seen.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct WorkerInfo {
+    worker_id: String,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    /// Jobs it holds now.
+    leased_jobs: i64,
+    draining: bool,
+}
+
+/// A tenant's limit overrides
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/admin/tenants/{tenant_id}/overrides",
+    tag = "admin",
+    operation_id = "getTenantOverrides",
+    params(("tenant_id" = Uuid, Path, description = "Any tenant"), common::openapi::ReadHeaders),
+    responses((status = 200, description = "The overrides (empty when none)", body = common::openapi::Envelope<TenantOverrides>))
+)]
 async fn get_overrides(
     State(s): State<AppState>,
     _user: AuthUser,
@@ -73,13 +103,26 @@ fn worker_json(r: &sqlx::postgres::PgRow) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WorkersQuery {
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `page.next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// The workers registry
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/admin/workers",
+    tag = "admin",
+    operation_id = "listWorkers",
+    params(WorkersQuery, common::openapi::ReadHeaders),
+    responses((status = 200, description = "A page of workers", body = common::openapi::ListEnvelope<WorkerInfo>))
+)]
 async fn list_workers(
     State(s): State<AppState>,
     _user: AuthUser,
@@ -125,6 +168,15 @@ async fn list_workers(
     ))
 }
 
+/// One worker
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/admin/workers/{worker_id}",
+    tag = "admin",
+    operation_id = "getWorker",
+    params(("worker_id" = String, Path, description = "The worker's identity from its certificate"), common::openapi::ReadHeaders),
+    responses((status = 200, description = "The worker", body = common::openapi::Envelope<WorkerInfo>))
+)]
 async fn get_worker(
     State(s): State<AppState>,
     _user: AuthUser,

@@ -4,8 +4,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
 use common::error::{envelope, list_envelope, Page};
@@ -15,28 +13,49 @@ use events::validate::check_name;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{Postgres, QueryBuilder, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::freshness::{stamp, wait_for};
 use crate::routes::jobs::{check_limit, db_error, parse_id, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/v1/dlq", get(list))
-        .route("/jobs/v1/dlq/{id}", get(get_one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DlqQuery {
+    /// Only jobs of this type.
     #[serde(rename = "type")]
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     job_type: Option<String>,
+    /// Only jobs in this queue.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `page.next_cursor` of the previous page, with the same filters.
     cursor: Option<String>,
 }
 
+/// List the dead-letter queue
+///
+/// The caller's dead-lettered jobs, most recently dead-lettered first.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/dlq",
+    tag = "dead-letter queue",
+    operation_id = "listDeadLetters",
+    params(DlqQuery, common::openapi::ReadHeaders),
+    responses((status = 200, description = "A page of dead-lettered jobs", body = common::openapi::ListEnvelope<events::Job>))
+)]
 async fn list(
     State(s): State<AppState>,
     user: AuthUser,
@@ -109,6 +128,15 @@ async fn list(
     ))
 }
 
+/// Get one dead-lettered job
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/dlq/{id}",
+    tag = "dead-letter queue",
+    operation_id = "getDeadLetter",
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), common::openapi::ReadHeaders),
+    responses((status = 200, description = "The dead-lettered job", body = common::openapi::Envelope<events::Job>))
+)]
 async fn get_one(
     State(s): State<AppState>,
     user: AuthUser,

@@ -5,14 +5,14 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Duration, Utc};
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::{ApiError, ApiResult};
 use events::{Job, Status};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::freshness::{stamp, wait_for};
 use crate::routes::jobs::{db_error, parse_id};
@@ -21,14 +21,45 @@ use crate::startup::AppState;
 /// A type with no lease for this long counts as having no worker.
 pub const WORKER_SILENCE: Duration = Duration::minutes(5);
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/jobs/v1/jobs/{id}/explain", get(explain))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(explain))
 }
 
 fn reason(code: &str, message: String, details: Value) -> Value {
     json!({ "code": code, "message": message, "details": details })
 }
 
+/// Why a job is not running yet, one reason.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Reason {
+    /// `SCHEDULED`, `RETRY_BACKOFF`, `JOBS_AHEAD`, `TENANT_LEASE_LIMIT`, `NO_WORKER_SEEN`,
+    /// `LEASED`, `CANCEL_REQUESTED`, `FINISHED`, `DEAD_LETTERED`, …
+    code: String,
+    message: String,
+    details: Value,
+}
+
+/// The answer of explain.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Explanation {
+    status: events::Status,
+    reasons: Vec<Reason>,
+}
+
+/// Why is this job not running?
+///
+/// Its schedule or backoff, how many of the tenant's jobs are ahead of it, tenant limits
+/// reached, whether any worker has leased its type lately.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/jobs/{id}/explain",
+    tag = "jobs",
+    operation_id = "explainJob",
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), common::openapi::ReadHeaders),
+    responses((status = 200, description = "The job's status and the reasons it is not running", body = common::openapi::Envelope<Explanation>))
+)]
 async fn explain(
     State(s): State<AppState>,
     user: AuthUser,

@@ -7,28 +7,30 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
 use common::error::{envelope, list_envelope, Page};
 use common::json::ApiQuery;
+use common::openapi::{Envelope, ListEnvelope, ReadHeaders};
 use common::{ApiError, ApiResult};
 use events::validate::{check_name, check_priority};
 use events::Status;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{Postgres, QueryBuilder, Row};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::freshness::{stamp, wait_for};
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs/v1/jobs", get(list))
-        .route("/jobs/v1/jobs/{id}", get(get_one))
-        .route("/jobs/v1/jobs/{id}/events", get(job_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(job_events))
 }
 
 pub const DEFAULT_LIMIT: i64 = 20;
@@ -83,21 +85,52 @@ pub fn check_limit(limit: Option<i64>, default: i64, max: i64) -> ApiResult<i64>
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only jobs in this status (`pending` includes scheduled jobs whose time has come).
+    #[param(inline, value_type = Option<Status>)]
     status: Option<String>,
+    /// Only jobs of this type.
     #[serde(rename = "type")]
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     job_type: Option<String>,
+    /// Only jobs in this queue.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     queue: Option<String>,
+    /// Only jobs of this priority.
+    #[param(minimum = 0, maximum = 10)]
     priority: Option<i64>,
+    /// Only jobs created after this instant.
     created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this instant.
     created_before: Option<DateTime<Utc>>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `page.next_cursor` of the previous page, with the same filters.
     cursor: Option<String>,
+    /// By creation time: `desc` (default, newest first) or `asc`.
+    #[param(pattern = "^(asc|desc)$")]
     order: Option<String>,
 }
 
+/// List the caller's jobs
+///
+/// Keyset-paginated by (created_at, id), stable while jobs are being added; the cursor is
+/// signed and bound to the filters.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/jobs",
+    tag = "jobs",
+    operation_id = "listJobs",
+    params(ListQuery, ReadHeaders),
+    responses(
+        (status = 200, description = "A page of jobs", body = ListEnvelope<events::Job>,
+         headers(("x-projection-seq" = u64, description = "The read model's checkpoint this answer reflects"))),
+    )
+)]
 async fn list(
     State(s): State<AppState>,
     user: AuthUser,
@@ -234,6 +267,20 @@ async fn list(
     Ok(stamp(list_envelope(items, page), seq))
 }
 
+/// Get one job
+///
+/// The job as its events fold; `ETag` is its `version`, for `If-Match` on a later change.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    params(("id" = Uuid, Path, description = "The job's id"), ReadHeaders),
+    responses(
+        (status = 200, description = "The job", body = Envelope<events::Job>,
+         headers(("ETag" = String, description = "The job's version, e.g. \"4\""))),
+    )
+)]
 async fn get_one(
     State(s): State<AppState>,
     user: AuthUser,
@@ -265,13 +312,46 @@ async fn get_one(
     Ok(res)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// `page.next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// One event of a job's history, as the read model keeps it.
+#[derive(Serialize, ToSchema)]
+struct EventItem {
+    /// The event's sequence in the stream `JOBS_EVENTS`.
+    seq: i64,
+    /// The event type, e.g. `JobEnqueued`.
+    #[serde(rename = "type")]
+    event_type: String,
+    at: DateTime<Utc>,
+    /// Who caused it: `{kind: user|worker|system, id}`.
+    #[schema(value_type = events::Actor)]
+    actor: Value,
+    /// The event's own fields (see the event catalogue in docs/events.md).
+    data: Value,
+}
+
+/// A job's history
+///
+/// Every event of the job in order: who did what, when, from which worker.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/jobs/{id}/events",
+    tag = "jobs",
+    operation_id = "listJobEvents",
+    params(("id" = Uuid, Path, description = "The job's id"), EventsQuery, ReadHeaders),
+    responses(
+        (status = 200, description = "A page of the job's events", body = ListEnvelope<EventItem>),
+    )
+)]
 async fn job_events(
     State(s): State<AppState>,
     user: AuthUser,
@@ -311,24 +391,19 @@ async fn job_events(
     .await
     .map_err(db_error)?;
     let has_more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
+    let items: Vec<EventItem> = rows
         .iter()
         .take(limit as usize)
-        .map(|r| {
-            json!({
-                "seq": r.get::<i64, _>("seq"),
-                "type": r.get::<String, _>("type"),
-                "at": r.get::<DateTime<Utc>, _>("at"),
-                "actor": r.get::<Value, _>("actor"),
-                "data": r.get::<Value, _>("data"),
-            })
+        .map(|r| EventItem {
+            seq: r.get("seq"),
+            event_type: r.get("type"),
+            at: r.get("at"),
+            actor: r.get("actor"),
+            data: r.get("data"),
         })
         .collect();
     let next_cursor = if has_more {
-        items
-            .last()
-            .and_then(|v| v["seq"].as_i64())
-            .map(|last| s.cursor.encode(&last, &scope))
+        items.last().map(|last| s.cursor.encode(&last.seq, &scope))
     } else {
         None
     };

@@ -4,12 +4,12 @@
 //! bucket that holds them.
 
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{Duration, Utc};
 use common::auth::AuthUser;
 use common::error::envelope;
@@ -25,14 +25,69 @@ use crate::startup::AppState;
 
 pub const WINDOWS: [i64; 3] = [60, 300, 3600];
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/jobs/v1/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MetricsQuery {
+    /// Throughput window in seconds: 60, 300 (default) or 3600.
+    #[param(value_type = Option<i64>)]
     window: Option<i64>,
+}
+
+/// Jobs by status.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Counts {
+    scheduled: i64,
+    pending: i64,
+    leased: i64,
+    completed: i64,
+    dead_lettered: i64,
+    cancelled: i64,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TypeCounts {
+    #[schema(rename = "type")]
+    job_type: String,
+    counts: Counts,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Throughput {
+    window_seconds: i64,
+    enqueued: i64,
+    completed: i64,
+    failed: i64,
+    dead_lettered: i64,
+}
+
+/// Percentiles in milliseconds (upper bound of the histogram bucket); null with no data.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Latency {
+    wait_p50: Option<i64>,
+    wait_p95: Option<i64>,
+    wait_p99: Option<i64>,
+    run_p50: Option<i64>,
+    run_p95: Option<i64>,
+    run_p99: Option<i64>,
+}
+
+/// The answer of metrics.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct TenantMetrics {
+    counts: Counts,
+    by_type: Vec<TypeCounts>,
+    throughput: Throughput,
+    latency_ms: Latency,
 }
 
 fn zero_counts() -> Map<String, Value> {
@@ -59,6 +114,17 @@ pub fn percentile(buckets: &[(i64, i64)], p: f64) -> Option<i64> {
     buckets.last().map(|(le, _)| *le)
 }
 
+/// The caller's tenant at a glance
+///
+/// Jobs by status and type, throughput over a window, wait and run latency percentiles.
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/metrics",
+    tag = "metrics",
+    operation_id = "getMetrics",
+    params(MetricsQuery, common::openapi::ReadHeaders),
+    responses((status = 200, description = "The tenant's metrics", body = common::openapi::Envelope<TenantMetrics>))
+)]
 async fn metrics(
     State(s): State<AppState>,
     user: AuthUser,

@@ -4,20 +4,20 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::ApiResult;
 use events::platform::LimitOverrides;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::freshness::{stamp, wait_for};
 use crate::routes::jobs::db_error;
 use crate::startup::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/jobs/v1/quota", get(quota))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(quota))
 }
 
 /// The tenant's override, if an admin set one.
@@ -31,6 +31,46 @@ pub async fn overrides(s: &AppState, tenant: uuid::Uuid) -> ApiResult<Option<Lim
     Ok(v.and_then(|v| serde_json::from_value(v).ok()))
 }
 
+/// Effective limits of the caller's tenant.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct QuotaLimits {
+    max_active_jobs: u64,
+    enqueue_per_second: f64,
+    enqueue_burst: u64,
+    max_payload_bytes: u64,
+    max_concurrent_leases: u64,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct QuotaUsage {
+    /// Jobs scheduled, pending or leased.
+    active_jobs: i64,
+    leased_jobs: i64,
+}
+
+/// The answer of quota.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Quota {
+    /// The plan tier the token names (`free` when missing or unknown).
+    plan_tier: String,
+    limits: QuotaLimits,
+    usage: QuotaUsage,
+    /// Whether an admin's override changes the tier's limits.
+    overridden: bool,
+}
+
+/// The caller's plan tier, limits and usage
+#[utoipa::path(
+    get,
+    path = "/jobs/v1/quota",
+    tag = "quota",
+    operation_id = "getQuota",
+    params(common::openapi::ReadHeaders),
+    responses((status = 200, description = "Limits and usage", body = common::openapi::Envelope<Quota>))
+)]
 async fn quota(
     State(s): State<AppState>,
     user: AuthUser,
