@@ -84,7 +84,14 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
             || msg.subject.starts_with("jobs.workers.")
         {
             match PlatformEnvelope::from_json(&msg.payload) {
-                Ok(env) => engine.model().fold_platform(&env.event),
+                Ok(env) => {
+                    engine.model().fold_platform(&env.event);
+                    // A resumed queue or type (or undrained worker): waiting workers may take
+                    // its jobs now.
+                    if matches!(env.event.pause(), Some((_, _, false))) {
+                        engine.ready.notify_waiters();
+                    }
+                }
                 Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
             }

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
-use events::platform::{LimitOverrides, PlatformEvent};
+use events::platform::{LimitOverrides, PauseTarget, PlatformEvent};
 use events::{apply, ApplyError, Job, Recorded, Status};
 use uuid::Uuid;
 
@@ -69,6 +69,8 @@ pub struct WriteModel {
     pub tiers: HashMap<Uuid, String>,
     /// Workers that get no new leases.
     pub draining: HashSet<String>,
+    /// Each tenant's paused queues and job types: their jobs are not leased.
+    pub paused: HashMap<Uuid, HashSet<PauseTarget>>,
     /// The last stream sequence this model reflects.
     pub position: u64,
 }
@@ -144,7 +146,28 @@ impl WriteModel {
             PlatformEvent::WorkerUndrained { worker_id } => {
                 self.draining.remove(worker_id);
             }
+            PlatformEvent::QueuePaused { .. }
+            | PlatformEvent::QueueResumed { .. }
+            | PlatformEvent::JobTypePaused { .. }
+            | PlatformEvent::JobTypeResumed { .. } => {
+                if let Some((tenant, target, pause)) = event.pause() {
+                    let set = self.paused.entry(tenant).or_default();
+                    if pause {
+                        set.insert(target);
+                    } else {
+                        set.remove(&target);
+                        if set.is_empty() {
+                            self.paused.remove(&tenant);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether the tenant paused this queue or job type.
+    pub fn is_paused(&self, tenant: &Uuid, target: &PauseTarget) -> bool {
+        self.paused.get(tenant).is_some_and(|s| s.contains(target))
     }
 
     pub fn job(&self, id: &Uuid) -> Option<&Job> {
@@ -370,10 +393,18 @@ impl WriteModel {
                     if full.contains(&tenant) {
                         continue;
                     }
+                    // A tenant's paused type is skipped whole; its paused queues job by job.
+                    let paused = self.paused.get(&tenant);
+                    if paused.is_some_and(|p| p.contains(&PauseTarget::JobType(t.clone()))) {
+                        continue;
+                    }
+                    let open = |j: &Job| {
+                        paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.clone())))
+                    };
                     let found = level.tenants.get(&tenant).and_then(|set| {
                         set.iter()
                             .map(|k| k.2)
-                            .find(|id| self.jobs.get(id).is_some_and(accepts))
+                            .find(|id| self.jobs.get(id).is_some_and(|j| accepts(j) && open(j)))
                     });
                     if let Some(id) = found {
                         self.unplace(&id);

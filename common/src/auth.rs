@@ -52,6 +52,8 @@ pub const ROUTE_ROLES: &[(&str, RouteGroup)] = &[
     ("/jobs/v1/quota", RouteGroup::MetricsAndQuota),
     ("/jobs/v1/enqueue", RouteGroup::Jobs),
     ("/jobs/v1/jobs", RouteGroup::Jobs),
+    ("/jobs/v1/queues", RouteGroup::Jobs),
+    ("/jobs/v1/types", RouteGroup::Jobs),
 ];
 
 pub fn route_group(path: &str) -> Option<RouteGroup> {

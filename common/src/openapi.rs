@@ -243,6 +243,7 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
             ("dead-letter queue", "Jobs that failed for good (`dead_lettered`): list and read them, retry one, redrive many, purge one."),
             ("metrics", "The caller's tenant at a glance: jobs by status and type, throughput and latency percentiles."),
             ("quota", "The caller's plan tier, effective limits and usage."),
+            ("queues", "The caller's queues and job types: depth, and pausing and resuming them."),
             ("admin", "Role `admin` only, across tenants: per-tenant limit overrides, the workers registry, draining workers."),
             ("worker", "The worker protocol (lease, heartbeat, complete, fail), served only on the mTLS worker listener."),
             ("auth", "Development login (only when `deploy/up` enables it): tokens signed by the dev key for the seed's test users."),

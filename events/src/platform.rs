@@ -46,6 +46,39 @@ pub enum PlatformEvent {
     WorkerDrained { worker_id: String },
     #[serde(rename = "WorkerUndrained")]
     WorkerUndrained { worker_id: String },
+    /// The tenant's jobs in `queue` are not leased until the queue is resumed.
+    #[serde(rename = "QueuePaused")]
+    QueuePaused { tenant_id: Uuid, queue: String },
+    #[serde(rename = "QueueResumed")]
+    QueueResumed { tenant_id: Uuid, queue: String },
+    /// The tenant's jobs of `job_type` are not leased until the type is resumed.
+    #[serde(rename = "JobTypePaused")]
+    JobTypePaused { tenant_id: Uuid, job_type: String },
+    #[serde(rename = "JobTypeResumed")]
+    JobTypeResumed { tenant_id: Uuid, job_type: String },
+}
+
+/// What a pause applies to: a queue or a job type, of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PauseTarget {
+    Queue(String),
+    JobType(String),
+}
+
+impl PauseTarget {
+    /// `queue` or `type`, as the read model and the API name the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Queue(_) => "queue",
+            Self::JobType(_) => "type",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Queue(n) | Self::JobType(n) => n,
+        }
+    }
 }
 
 impl PlatformEvent {
@@ -55,15 +88,43 @@ impl PlatformEvent {
             Self::OverridesCleared { .. } => "TenantOverridesCleared",
             Self::WorkerDrained { .. } => "WorkerDrained",
             Self::WorkerUndrained { .. } => "WorkerUndrained",
+            Self::QueuePaused { .. } => "QueuePaused",
+            Self::QueueResumed { .. } => "QueueResumed",
+            Self::JobTypePaused { .. } => "JobTypePaused",
+            Self::JobTypeResumed { .. } => "JobTypeResumed",
+        }
+    }
+
+    /// For a pause or resume: the tenant, what it applies to, and whether it pauses.
+    pub fn pause(&self) -> Option<(Uuid, PauseTarget, bool)> {
+        match self {
+            Self::QueuePaused { tenant_id, queue } => {
+                Some((*tenant_id, PauseTarget::Queue(queue.clone()), true))
+            }
+            Self::QueueResumed { tenant_id, queue } => {
+                Some((*tenant_id, PauseTarget::Queue(queue.clone()), false))
+            }
+            Self::JobTypePaused {
+                tenant_id,
+                job_type,
+            } => Some((*tenant_id, PauseTarget::JobType(job_type.clone()), true)),
+            Self::JobTypeResumed {
+                tenant_id,
+                job_type,
+            } => Some((*tenant_id, PauseTarget::JobType(job_type.clone()), false)),
+            _ => None,
         }
     }
 
     /// The subject the event lives on.
     pub fn subject(&self) -> String {
         match self {
-            Self::LimitsOverridden { tenant_id, .. } | Self::OverridesCleared { tenant_id } => {
-                format!("jobs.tenants.{tenant_id}")
-            }
+            Self::LimitsOverridden { tenant_id, .. }
+            | Self::OverridesCleared { tenant_id }
+            | Self::QueuePaused { tenant_id, .. }
+            | Self::QueueResumed { tenant_id, .. }
+            | Self::JobTypePaused { tenant_id, .. }
+            | Self::JobTypeResumed { tenant_id, .. } => format!("jobs.tenants.{tenant_id}"),
             Self::WorkerDrained { worker_id } | Self::WorkerUndrained { worker_id } => {
                 format!("jobs.workers.{}", worker_token(worker_id))
             }

@@ -162,6 +162,36 @@ async fn apply_platform(
                 .execute(&mut *tx)
                 .await?;
             }
+            PlatformEvent::QueuePaused { .. }
+            | PlatformEvent::QueueResumed { .. }
+            | PlatformEvent::JobTypePaused { .. }
+            | PlatformEvent::JobTypeResumed { .. } => {
+                let Some((tenant, target, pause)) = env.event.pause() else {
+                    continue;
+                };
+                if pause {
+                    sqlx::query(
+                        "INSERT INTO paused (tenant_id, kind, name, paused_at, paused_by) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (tenant_id, kind, name) DO NOTHING",
+                    )
+                    .bind(tenant)
+                    .bind(target.kind())
+                    .bind(target.name())
+                    .bind(env.at)
+                    .bind(&actor)
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    sqlx::query(
+                        "DELETE FROM paused WHERE tenant_id = $1 AND kind = $2 AND name = $3",
+                    )
+                    .bind(tenant)
+                    .bind(target.kind())
+                    .bind(target.name())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
         }
     }
     Ok(())

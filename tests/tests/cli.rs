@@ -3,20 +3,23 @@
 //! job commands and the dead-letter queue in `--json` mode, a readable table, where the URL and
 //! the token come from (flag over variable over config file), and errors in plain words.
 //!
-//! Reads are eventually consistent: a read right after a command polls to a deadline.
+//! `login` against the development login behind the gateway: the session it keeps in the config
+//! file (mode 0600) serves the other commands, a refused token is renewed once with the stored
+//! refresh token (which rotates), and a used refresh token or a wrong password says to log in.
 //!
-//! Not here yet: `login` (and the renewal on 401 it enables), until the harness runs the dev
-//! login behind the gateway. That test would run `Ctl::bare()` with `login --email ... --url
-//! <gateway>` and the password on stdin, then check the config file (url, token, refresh_token;
-//! mode 0600) and that `quota` works with no --token.
+//! Reads are eventually consistent: a read right after a command polls to a deadline.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 use tests::procs::{bin_path, free_port};
-use tests::{eventually, Gateway, TestApp};
+use tests::{
+    dev_auth_config, dev_users_file, eventually, start_dev_auth, Gateway, Running, TestApp,
+};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -128,6 +131,68 @@ impl Ctl {
         std::fs::create_dir_all(self.config.parent().unwrap()).unwrap();
         std::fs::write(&self.config, text).unwrap();
     }
+
+    /// The session the config file holds (all three keys, asserted present).
+    fn session(&self) -> Session {
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.config.display()));
+        // `key = "value"` lines as TOML writes them; URLs and tokens need no escapes.
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| {
+                    let value = l.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+                    value.strip_prefix('"')?.strip_suffix('"')
+                })
+                .unwrap_or_else(|| panic!("no {key} in the config file: {text}"))
+                .to_string()
+        };
+        Session {
+            url: get("url"),
+            token: get("token"),
+            refresh_token: get("refresh_token"),
+        }
+    }
+
+    fn write_session(&self, s: &Session) {
+        self.write_config(&format!(
+            "url = \"{}\"\ntoken = \"{}\"\nrefresh_token = \"{}\"\n",
+            s.url, s.token, s.refresh_token
+        ));
+    }
+
+    /// The config file's permission bits.
+    fn config_mode(&self) -> u32 {
+        std::fs::metadata(&self.config)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// `jobsctl login` as the seed's developer, asserted to succeed; the session it saved.
+    async fn login(&self, gw: &Gateway) -> Session {
+        let r = self
+            .run(&[
+                "login",
+                "--url",
+                &gw.url(),
+                "--email",
+                DEV.0,
+                "--password",
+                DEV.1,
+            ])
+            .await;
+        assert!(r.ok(), "{r:?}");
+        self.session()
+    }
+}
+
+/// What `jobsctl login` keeps in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    url: String,
+    token: String,
+    refresh_token: String,
 }
 
 async fn stack() -> (TestApp, Gateway) {
@@ -136,6 +201,33 @@ async fn stack() -> (TestApp, Gateway) {
         .await
         .expect("gateway");
     (app, gw)
+}
+
+/// As `stack`, plus jobs-dev-auth with the committed users and the gateway routing
+/// `/auth/v1/` to it.
+async fn stack_with_dev_login() -> (TestApp, Running, Gateway) {
+    let app = TestApp::spawn().await;
+    let auth = start_dev_auth(dev_auth_config(&app.keys, &dev_users_file()))
+        .await
+        .expect("jobs-dev-auth starts");
+    let gw = Gateway::start_with_dev_login(app.command.port, app.query.port, auth.port)
+        .await
+        .expect("gateway");
+    (app, auth, gw)
+}
+
+/// The seed's developer in `deploy/dev-users.toml`: e-mail and password, sub, tenant.
+const DEV: (&str, &str) = ("dev@eventzr.com", "Password123!");
+const DEV_SUB: &str = "20000000-0000-4000-8000-000000000004";
+const DEV_TENANT: &str = "10000000-0000-4000-8000-000000000004";
+
+/// An access token's claims, verified (signature and expiry) as the services verify them.
+fn claims(app: &TestApp, token: &str) -> Value {
+    let pem = std::fs::read(&app.keys.rsa_public).expect("public key");
+    let key = DecodingKey::from_rsa_pem(&pem).expect("rsa public key");
+    jsonwebtoken::decode::<Value>(token, &key, &Validation::new(Algorithm::RS256))
+        .unwrap_or_else(|e| panic!("{token:?} is not a valid RS256 token: {e}"))
+        .claims
 }
 
 /// The ids of `type`'s jobs that `list --json --all` shows.
@@ -619,4 +711,232 @@ async fn errors_are_one_line_in_plain_words() {
     // A usage error is exit status 1 too; 2 stays for violations found by verify and check.
     let r = ctl.run(&["get", "not-a-uuid"]).await;
     assert_eq!(r.code, 1, "{r:?}");
+}
+
+#[tokio::test]
+async fn login_keeps_the_session_in_a_private_config_file_that_the_other_commands_use() {
+    let (app, _auth, gw) = stack_with_dev_login().await;
+    let ctl = Ctl::bare();
+
+    let r = ctl
+        .run(&[
+            "login",
+            "--url",
+            &gw.url(),
+            "--email",
+            DEV.0,
+            "--password",
+            DEV.1,
+        ])
+        .await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!(
+            "logged in to {} as {}; tokens saved in {}; the token expires in 3600 s\n",
+            gw.url(),
+            DEV.0,
+            ctl.config.display()
+        )
+    );
+    assert_eq!(r.stderr, "");
+    assert_eq!(ctl.config_mode(), 0o600, "the file holds secrets");
+    let folder = std::fs::metadata(ctl.config.parent().unwrap()).unwrap();
+    assert_eq!(
+        folder.permissions().mode() & 0o777,
+        0o700,
+        "and so does its folder"
+    );
+    let session = ctl.session();
+    assert_eq!(session.url, gw.url());
+    let c = claims(&app, &session.token);
+    assert_eq!(
+        (&c["sub"], &c["tenantId"]),
+        (&json!(DEV_SUB), &json!(DEV_TENANT))
+    );
+    assert!(
+        session.refresh_token.starts_with("devrt_"),
+        "the login's refresh token: {session:?}"
+    );
+
+    // No --url, no --token, no variables: the stored session.
+    let enqueued = ctl
+        .run(&[
+            "enqueue",
+            "--type",
+            "email.send",
+            "--payload",
+            r#"{"to":"user@example.com","template":"welcome"}"#,
+            "--json",
+        ])
+        .await;
+    assert!(enqueued.ok(), "{enqueued:?}");
+    let job = enqueued.json()["data"].clone();
+    assert_eq!(job["tenant_id"], DEV_TENANT, "the dev user's tenant: {job}");
+    assert_eq!(job["type"], "email.send");
+    assert_eq!(
+        job["payload"],
+        json!({"to": "user@example.com", "template": "welcome"})
+    );
+    let id = job["id"].as_str().expect("the job's id").to_string();
+
+    let list = eventually(WAIT, "the job in `list --json`", || async {
+        let r = ctl.run(&["list", "--json"]).await;
+        assert!(r.ok(), "{r:?}");
+        let v = r.json();
+        let jobs = v["data"].as_array().cloned().unwrap_or_default();
+        jobs.iter().any(|j| j["id"] == id.as_str()).then_some(v)
+    })
+    .await;
+    assert_eq!(list["meta"]["tenant_id"], DEV_TENANT);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["payload"], job["payload"]);
+    assert_eq!(ctl.session(), session, "a good token is not renewed");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_renewed_with_the_stored_refresh_token_and_a_used_one_means_log_in() {
+    let (app, _auth, gw) = stack_with_dev_login().await;
+    let ctl = Ctl::bare();
+    let first = ctl.login(&gw).await;
+
+    // The stored access token expired an hour ago; its refresh token is still good.
+    let now = chrono::Utc::now().timestamp();
+    let expired = app.keys.sign(&json!({
+        "sub": DEV_SUB, "tenantId": DEV_TENANT, "email": DEV.0, "roles": ["member"],
+        "planTier": "professional", "iat": now - 7200, "exp": now - 3600,
+    }));
+    ctl.write_session(&Session {
+        token: expired.clone(),
+        ..first.clone()
+    });
+
+    // A token given on the command line is not the stored one: no renewal, nothing saved.
+    let given = ctl.run(&["list", "--json", "--token", &expired]).await;
+    assert_eq!(given.code, 1, "{given:?}");
+    assert_eq!(given.json()["error"]["code"], "UNAUTHENTICATED");
+    assert!(
+        given
+            .stderr
+            .starts_with("error: the service refused the token")
+            && !given.stderr.contains("renewed"),
+        "{given:?}"
+    );
+    assert_eq!(ctl.session().token, expired);
+
+    // The stored one: renewed once, the call sent again, the new pair saved (refresh rotated).
+    let r = ctl.run(&["list", "--json"]).await;
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.stderr, "");
+    assert_eq!(r.json()["meta"]["tenant_id"], DEV_TENANT);
+    let renewed = ctl.session();
+    assert_eq!(renewed.url, first.url);
+    assert_ne!(renewed.token, expired);
+    assert_eq!(claims(&app, &renewed.token)["tenantId"], DEV_TENANT);
+    assert_ne!(renewed.refresh_token, first.refresh_token, "rotated");
+    assert!(renewed.refresh_token.starts_with("devrt_"), "{renewed:?}");
+    assert_eq!(ctl.config_mode(), 0o600, "still private after the renewal");
+
+    // The renewed session serves as it is.
+    let again = ctl.run(&["list", "--json"]).await;
+    assert!(again.ok(), "{again:?}");
+    assert_eq!(ctl.session(), renewed);
+
+    // The first refresh token again, beside a bad access token: used already, so refused.
+    let stale = Session {
+        token: "not-a-token".into(),
+        refresh_token: first.refresh_token.clone(),
+        ..renewed.clone()
+    };
+    ctl.write_session(&stale);
+    let refused = ctl.run(&["list", "--json"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.json()["error"]["code"], "UNAUTHENTICATED");
+    let words = refused.stderr.trim_end();
+    assert_eq!(words.lines().count(), 1, "one line: {refused:?}");
+    assert!(
+        words.starts_with("error: the service refused the token")
+            && words.contains("the stored session could not be renewed")
+            && words.contains("(UNAUTHENTICATED)")
+            && words.contains("run `jobsctl login`"),
+        "says to log in again: {refused:?}"
+    );
+    assert_eq!(ctl.session(), stale, "nothing saved from a refused renewal");
+
+    // Logging in again is the way out.
+    let fresh = ctl.login(&gw).await;
+    assert_ne!(fresh.refresh_token, renewed.refresh_token);
+    let back = ctl.run(&["list", "--json"]).await;
+    assert!(back.ok(), "{back:?}");
+    assert_eq!(ctl.session(), fresh);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_in_plain_words_and_writes_no_config() {
+    let (app, _auth, gw) = stack_with_dev_login().await;
+    let ctl = Ctl::bare();
+    let refused = "error: the e-mail or the password is wrong (UNAUTHENTICATED)\n";
+
+    let r = ctl
+        .run(&[
+            "login",
+            "--url",
+            &gw.url(),
+            "--email",
+            DEV.0,
+            "--password",
+            "password123!",
+        ])
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", refused));
+    assert!(!ctl.config.exists(), "no config file written");
+
+    // An unknown user, the password on stdin: the same words.
+    let r = ctl
+        .run_with(
+            &["login", "--url", &gw.url(), "--email", "nobody@eventzr.com"],
+            &[],
+            Some("Password123!\n"),
+        )
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", refused));
+    assert!(!ctl.config.exists(), "no config file written");
+
+    // A session already stored is kept as it was.
+    let kept = format!("url = \"{}\"\ntoken = \"kept\"\n", gw.url());
+    ctl.write_config(&kept);
+    let r = ctl
+        .run(&["login", "--email", DEV.0, "--password", "wrong"])
+        .await;
+    assert_eq!((r.code, r.stderr.as_str()), (1, refused), "{r:?}");
+    assert_eq!(std::fs::read_to_string(&ctl.config).unwrap(), kept);
+
+    // A gateway without the dev login says so.
+    let plain = Gateway::start(app.command.port, app.query.port)
+        .await
+        .expect("gateway");
+    std::fs::remove_file(&ctl.config).unwrap();
+    let r = ctl
+        .run(&[
+            "login",
+            "--url",
+            &plain.url(),
+            "--email",
+            DEV.0,
+            "--password",
+            DEV.1,
+        ])
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: {} has no login endpoint (POST /auth/v1/login): is the dev login service \
+             running behind the gateway? Or pass --token\n",
+            plain.url()
+        )
+    );
+    assert!(!ctl.config.exists(), "no config file written");
 }

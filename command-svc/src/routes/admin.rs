@@ -46,7 +46,11 @@ struct DrainState {
     draining: bool,
 }
 
-async fn append(state: &AppState, user: &AuthUser, event: PlatformEvent) -> ApiResult<u64> {
+pub(crate) async fn append(
+    state: &AppState,
+    user: &AuthUser,
+    event: PlatformEvent,
+) -> ApiResult<u64> {
     // The envelope names the tenant acted on (overrides) or the acting admin's (workers).
     let tenant = match &event {
         PlatformEvent::LimitsOverridden { tenant_id, .. }
@@ -60,7 +64,7 @@ async fn append(state: &AppState, user: &AuthUser, event: PlatformEvent) -> ApiR
     Ok(seq)
 }
 
-fn with_seq(mut res: Response, seq: u64) -> Response {
+pub(crate) fn with_seq(mut res: Response, seq: u64) -> Response {
     res.headers_mut()
         .insert("x-event-seq", HeaderValue::from(seq));
     res

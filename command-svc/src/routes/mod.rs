@@ -6,6 +6,7 @@ mod dlq;
 mod enqueue;
 mod health;
 mod jobs;
+mod queues;
 mod worker;
 
 use axum::Router;
@@ -24,6 +25,7 @@ fn documented(config: Option<&Config>) -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(dlq::router())
         .merge(admin::router())
+        .merge(queues::router())
 }
 
 /// The OpenAPI operations of command-svc: its public routes and the worker protocol.

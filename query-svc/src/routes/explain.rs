@@ -29,11 +29,42 @@ fn reason(code: &str, message: String, details: Value) -> Value {
     json!({ "code": code, "message": message, "details": details })
 }
 
+/// `QUEUE_PAUSED` / `JOB_TYPE_PAUSED` when the tenant paused the job's queue or type.
+async fn paused_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResult<Vec<Value>> {
+    let rows: Vec<(String, String, DateTime<Utc>, Value)> = sqlx::query_as(
+        "SELECT kind, name, paused_at, paused_by FROM paused
+         WHERE tenant_id = $1 AND ((kind = 'queue' AND name = $2) OR (kind = 'type' AND name = $3))
+         ORDER BY kind",
+    )
+    .bind(tenant)
+    .bind(&job.queue)
+    .bind(&job.job_type)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, name, at, by)| {
+            let (code, what) = if kind == "queue" {
+                ("QUEUE_PAUSED", format!("the queue {name}"))
+            } else {
+                ("JOB_TYPE_PAUSED", format!("the job type {name}"))
+            };
+            reason(
+                code,
+                format!("{what} is paused: its jobs are not leased until it is resumed"),
+                json!({ "kind": kind, "name": name, "paused_at": at, "paused_by": by }),
+            )
+        })
+        .collect())
+}
+
 /// Why a job is not running yet, one reason.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct Reason {
-    /// `SCHEDULED`, `RETRY_BACKOFF`, `JOBS_AHEAD`, `TENANT_LEASE_LIMIT`, `NO_WORKER_SEEN`,
+    /// `SCHEDULED`, `RETRY_BACKOFF`, `QUEUE_PAUSED`, `JOB_TYPE_PAUSED`, `JOBS_AHEAD`,
+    /// `TENANT_LEASE_LIMIT`, `NO_WORKER_SEEN`,
     /// `LEASED`, `CANCEL_REQUESTED`, `FINISHED`, `DEAD_LETTERED`, …
     code: String,
     message: String,
@@ -116,8 +147,10 @@ async fn explain(
                 message.into(),
                 json!({ "run_at": job.run_at, "seconds_until": (job.run_at - now).num_seconds().max(0) }),
             ));
+            reasons.extend(paused_reasons(&s, user.tenant_id(), &job).await?);
         }
         Status::Pending => {
+            reasons.extend(paused_reasons(&s, user.tenant_id(), &job).await?);
             let (ahead, higher): (i64, i64) = sqlx::query_as(
                 "SELECT count(*), count(*) FILTER (WHERE priority > $4) FROM jobs
                  WHERE tenant_id = $1 AND type = $2 AND id <> $3

@@ -1,16 +1,18 @@
 //! `GET /jobs/v1/metrics`: the caller's tenant at a glance — jobs by status and by type,
 //! throughput over a window, wait and run latency percentiles — from the rollups the projector
 //! maintains (never a scan of every job). Percentiles are the upper bound of the histogram
-//! bucket that holds them.
+//! bucket that holds them. `projection` says how far the read model trails the stream
+//! (service-wide: the projector's checkpoint against the stream's last sequence).
 
 use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use common::auth::AuthUser;
 use common::error::envelope;
 use common::json::ApiQuery;
@@ -80,6 +82,26 @@ struct Latency {
     run_p99: Option<i64>,
 }
 
+/// How far the read model trails the event stream. Service-wide (the projector is shared by
+/// every tenant), not the caller's tenant only.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Projection {
+    /// The last stream sequence the read model has applied (the projector's checkpoint).
+    checkpoint_seq: i64,
+    /// The stream's last sequence; null when the event store did not answer within a second.
+    stream_seq: Option<i64>,
+    /// Events appended but not applied yet (`stream_seq − checkpoint_seq`, at least 0); null
+    /// with `stream_seq`.
+    lag_events: Option<i64>,
+    /// When the newest job event the read model has applied happened; null before any.
+    last_applied_at: Option<DateTime<Utc>>,
+    /// 0 when caught up; when behind, an upper bound of how old the oldest unapplied event
+    /// is (now − `last_applied_at`); null when unknown (no `stream_seq`, or behind before any
+    /// job event was applied).
+    lag_ms: Option<i64>,
+}
+
 /// The answer of metrics.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
@@ -88,6 +110,7 @@ struct TenantMetrics {
     by_type: Vec<TypeCounts>,
     throughput: Throughput,
     latency_ms: Latency,
+    projection: Projection,
 }
 
 fn zero_counts() -> Map<String, Value> {
@@ -114,9 +137,50 @@ pub fn percentile(buckets: &[(i64, i64)], p: f64) -> Option<i64> {
     buckets.last().map(|(le, _)| *le)
 }
 
+/// The stream's last sequence, or None when the event store does not answer within a second
+/// (the metrics still answer, without the lag).
+async fn stream_seq(js: &async_nats::jetstream::Context) -> Option<u64> {
+    let stream = tokio::time::timeout(
+        StdDuration::from_secs(1),
+        js.get_stream(events::stream::STREAM_NAME),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(stream.cached_info().state.last_sequence)
+}
+
+/// The `projection` object: the checkpoint, the stream's head, and the lag between them.
+async fn projection(s: &AppState, now: DateTime<Utc>) -> ApiResult<Value> {
+    let (checkpoint, last_applied_at): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT c.last_seq,
+                (SELECT e.at FROM job_events e WHERE e.seq <= c.last_seq ORDER BY e.seq DESC LIMIT 1)
+         FROM projector_checkpoint c WHERE c.id = 1",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .map_err(db_error)?;
+    let head = stream_seq(&s.js).await;
+    let lag_events = head.map(|h| (h as i64 - checkpoint).max(0));
+    let lag_ms = lag_events.and_then(|n| match (n, last_applied_at) {
+        (0, _) => Some(0),
+        (_, Some(at)) => Some((now - at).num_milliseconds().max(0)),
+        // Behind without any job event applied yet: no bound to give.
+        (_, None) => None,
+    });
+    Ok(json!({
+        "checkpoint_seq": checkpoint,
+        "stream_seq": head,
+        "lag_events": lag_events,
+        "last_applied_at": last_applied_at,
+        "lag_ms": lag_ms,
+    }))
+}
+
 /// The caller's tenant at a glance
 ///
-/// Jobs by status and type, throughput over a window, wait and run latency percentiles.
+/// Jobs by status and type, throughput over a window, wait and run latency percentiles, and
+/// how far the (service-wide) read model trails the event stream.
 #[utoipa::path(
     get,
     path = "/jobs/v1/metrics",
@@ -204,6 +268,7 @@ async fn metrics(
             .collect()
     };
     let (wait, run) = (of("wait"), of("run"));
+    let projection = projection(&s, now).await?;
     let body = json!({
         "counts": counts,
         "by_type": by_type.into_iter().map(|(t, c)| json!({ "type": t, "counts": c })).collect::<Vec<_>>(),
@@ -218,6 +283,7 @@ async fn metrics(
             "wait_p50": percentile(&wait, 0.50), "wait_p95": percentile(&wait, 0.95), "wait_p99": percentile(&wait, 0.99),
             "run_p50": percentile(&run, 0.50), "run_p95": percentile(&run, 0.95), "run_p99": percentile(&run, 0.99),
         },
+        "projection": projection,
     });
     Ok(stamp(envelope(StatusCode::OK, body), seq))
 }

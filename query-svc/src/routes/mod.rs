@@ -7,6 +7,7 @@ mod explain;
 mod health;
 mod jobs;
 pub mod metrics;
+mod queues;
 pub mod quota;
 
 use axum::Router;
@@ -23,6 +24,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(quota::router())
         .merge(metrics::router())
         .merge(admin::router())
+        .merge(queues::router())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -60,7 +62,7 @@ mod tests {
         // Served by command-svc (public and worker listeners) and by the development login.
         let others = documented_operations(&command_svc::routes::openapi());
         documented.retain(|op| !others.contains(op) && !op.1.starts_with("/auth/v1/"));
-        assert!(routed.len() >= 12, "too few routes parsed: {routed:?}");
+        assert!(routed.len() >= 14, "too few routes parsed: {routed:?}");
         assert_eq!(routed, documented);
     }
 

@@ -1,0 +1,235 @@
+//! Scheduling controls: pausing and resuming a tenant's queue or job type. Paused work is not
+//! leased (from the next lease on), shows in `explain` and `GET /jobs/v1/queues|types`, other
+//! queues and tenants are served meanwhile, and resuming serves it again — also to a worker
+//! already long-polling.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tests::{event_seq, TestApp};
+
+async fn post(app: &TestApp, path: &str) -> (Value, u64) {
+    let res = app
+        .request(Method::POST, path, &app.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status().as_u16(), 200, "{path}");
+    let seq = res
+        .headers()
+        .get("x-event-seq")
+        .map(|_| event_seq(&res))
+        .unwrap_or(0);
+    (
+        res.json::<Value>().await.expect("json")["data"].clone(),
+        seq,
+    )
+}
+
+fn ids(jobs: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn entry<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|q| q["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed in {list}"))
+}
+
+#[tokio::test]
+async fn a_paused_queue_is_not_leased_until_resumed_and_other_queues_are_served() {
+    let app = TestApp::spawn().await;
+    let job = |queue: &str| json!({"type": "email.send", "queue": queue, "payload": {"q": queue}});
+    let (held, _) = app.enqueue(&job("emails")).await;
+    let (other, _) = app.enqueue(&job("reports")).await;
+    // Another tenant's queue of the same name is not paused by this tenant.
+    let stranger = app.keys.token(uuid::Uuid::new_v4(), &["member"]);
+    let res = app.enqueue_as(&stranger, &job("emails")).await;
+    assert_eq!(res.status().as_u16(), 201);
+    let strangers: Value = res.json().await.expect("json");
+
+    let (state, pause_seq) = post(&app, "/jobs/v1/queues/emails/pause").await;
+    assert_eq!(
+        state,
+        json!({"name": "emails", "kind": "queue", "paused": true})
+    );
+    assert!(pause_seq > 0, "a pause is an event");
+    // Pausing again changes nothing and appends nothing.
+    let (again, seq) = post(&app, "/jobs/v1/queues/emails/pause").await;
+    assert_eq!(again["paused"], true);
+    assert_eq!(seq, 0, "no second event");
+
+    let worker = app.worker("pause-worker");
+    let leased = worker
+        .lease(&json!({"types": ["email.send"], "max_jobs": 10}))
+        .await;
+    assert_eq!(
+        ids(&leased),
+        ids(&[other.clone(), strangers["data"].clone()]),
+        "only the open queues' jobs are leased"
+    );
+    let none = worker
+        .lease(&json!({"types": ["email.send"], "max_jobs": 10}))
+        .await;
+    assert!(none.is_empty(), "the paused job stays put: {none:?}");
+
+    // explain and the queues list say why.
+    let id = held["id"].as_str().expect("id");
+    let (status, explain) = app
+        .get(&format!("/jobs/v1/jobs/{id}/explain"), pause_seq)
+        .await;
+    assert_eq!(status, 200);
+    let reasons = explain["data"]["reasons"].as_array().expect("reasons");
+    let paused = reasons
+        .iter()
+        .find(|r| r["code"] == "QUEUE_PAUSED")
+        .unwrap_or_else(|| panic!("no QUEUE_PAUSED in {explain}"));
+    assert_eq!(paused["details"]["name"], "emails");
+    let (_, queues) = app.get("/jobs/v1/queues", pause_seq).await;
+    let emails = entry(&queues, "emails");
+    assert_eq!(emails["paused"], true);
+    assert_eq!(emails["depth"]["pending"], 1);
+    assert!(emails["paused_by"]["id"].is_string());
+    let reports = entry(&queues, "reports");
+    assert_eq!(reports["paused"], false);
+
+    // A worker already waiting gets the job as soon as the queue is resumed.
+    let waiting = tokio::spawn(async move {
+        worker
+            .lease(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 20}))
+            .await
+    });
+    let (state, resume_seq) = post(&app, "/jobs/v1/queues/emails/resume").await;
+    assert_eq!(state["paused"], false);
+    let leased = tokio::time::timeout(std::time::Duration::from_secs(15), waiting)
+        .await
+        .expect("the long poll returns before its wait is over")
+        .expect("join");
+    assert_eq!(ids(&leased), ids(&[held]));
+    let (_, queues) = app.get("/jobs/v1/queues", resume_seq).await;
+    assert_eq!(entry(&queues, "emails")["paused"], false);
+}
+
+#[tokio::test]
+async fn a_paused_job_type_is_not_leased_in_any_queue_until_resumed() {
+    let app = TestApp::spawn().await;
+    let (sms, _) = app
+        .enqueue(&json!({"type": "sms.send", "queue": "a", "payload": {}}))
+        .await;
+    let (sms_b, _) = app
+        .enqueue(&json!({"type": "sms.send", "queue": "b", "payload": {}}))
+        .await;
+    let (mail, _) = app
+        .enqueue(&json!({"type": "email.send", "queue": "a", "payload": {}}))
+        .await;
+    let (state, pause_seq) = post(&app, "/jobs/v1/types/sms.send/pause").await;
+    assert_eq!(
+        state,
+        json!({"name": "sms.send", "kind": "type", "paused": true})
+    );
+
+    let worker = app.worker("type-pause-worker");
+    let leased = worker
+        .lease(&json!({"types": ["sms.send", "email.send"], "max_jobs": 10}))
+        .await;
+    assert_eq!(ids(&leased), ids(&[mail]), "only the open type is leased");
+
+    let id = sms["id"].as_str().expect("id");
+    let (_, explain) = app
+        .get(&format!("/jobs/v1/jobs/{id}/explain"), pause_seq)
+        .await;
+    assert!(
+        explain["data"]["reasons"]
+            .as_array()
+            .expect("reasons")
+            .iter()
+            .any(|r| r["code"] == "JOB_TYPE_PAUSED"),
+        "{explain}"
+    );
+    let (_, types) = app.get("/jobs/v1/types", pause_seq).await;
+    let entry = entry(&types, "sms.send");
+    assert_eq!(entry["paused"], true);
+    assert_eq!(entry["depth"]["pending"], 2);
+
+    post(&app, "/jobs/v1/types/sms.send/resume").await;
+    let leased = worker
+        .lease(&json!({"types": ["sms.send"], "max_jobs": 10}))
+        .await;
+    assert_eq!(ids(&leased), ids(&[sms, sms_b]));
+}
+
+#[tokio::test]
+async fn a_pause_holds_on_every_instance_and_across_restarts() {
+    let app = TestApp::spawn().await;
+    let (job, _) = app
+        .enqueue(&json!({"type": "email.send", "queue": "held", "payload": {}}))
+        .await;
+    post(&app, "/jobs/v1/queues/held/pause").await;
+    // A second instance, started after the pause, learns it from the stream.
+    let second = tests::start_command(&app.nats.url(), &app.keys)
+        .await
+        .expect("second command-svc starts");
+    // Ready once it has caught up with the stream (pause included).
+    let url = format!("{}/readyz", second.url());
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "second instance ready",
+        || {
+            let (http, url) = (app.http.clone(), url.clone());
+            async move {
+                let r = http.get(url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+    let pem = tests::Tls::get().worker_pem("second-instance-worker");
+    let worker = tests::Worker::new(second.worker_port, &pem, "second-instance-worker");
+    let none = worker
+        .lease(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}))
+        .await;
+    assert!(
+        none.is_empty(),
+        "the new instance leased paused work: {none:?}"
+    );
+    // Resumed through the first instance: the second one's waiting worker gets the job.
+    let waiting = tokio::spawn(async move {
+        worker
+            .lease(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 20}))
+            .await
+    });
+    post(&app, "/jobs/v1/queues/held/resume").await;
+    let leased = tokio::time::timeout(std::time::Duration::from_secs(15), waiting)
+        .await
+        .expect("the long poll returns before its wait is over")
+        .expect("join");
+    assert_eq!(ids(&leased), ids(&[job]));
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn pause_names_are_checked_and_pausing_needs_a_role() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .request(Method::POST, "/jobs/v1/queues/bad%20name/pause", &app.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"]["details"]["fields"][0]["field"], "queue");
+    let nobody = app.keys.token(app.tenant, &["guest"]);
+    let res = app
+        .request(Method::POST, "/jobs/v1/types/x/pause", &nobody)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status().as_u16(), 403);
+}
