@@ -149,28 +149,38 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
             engine.ready.notify_waiters();
         }
         for d in due {
-            let Due::LeaseExpired { job_id, lease_id } = d;
+            let (job_id, cmd) = match d {
+                Due::LeaseExpired { job_id, lease_id } => {
+                    (job_id, Command::ExpireLease { lease_id })
+                }
+                Due::Expired { job_id } => (job_id, Command::Expire),
+            };
             if !engine.is_caught_up() {
-                // While replaying, a lease may look expired only because its end is not
-                // replayed yet: look again once caught up.
-                engine
-                    .model()
-                    .rewatch(&job_id, now + chrono::Duration::seconds(1));
+                // While replaying, a lease (or a waiting job) may look due only because what
+                // followed is not replayed yet: look again once caught up.
+                let again = now + chrono::Duration::seconds(1);
+                match cmd {
+                    Command::Expire => engine.model().rewatch_expiry(&job_id, again),
+                    _ => engine.model().rewatch(&job_id, again),
+                }
                 continue;
             }
             let engine = engine.clone();
             tokio::spawn(async move {
-                let cmd = Command::ExpireLease { lease_id };
                 match engine
                     .act(None, job_id, &cmd, &Actor::system("command-svc"), None)
                     .await
                 {
                     Ok(_) | Err(common::ApiError::LeaseLost) => {}
+                    // The job moved on (leased, cancelled) before its expiry was appended.
+                    Err(common::ApiError::InvalidState(_)) if cmd == Command::Expire => {}
                     Err(e) => {
-                        tracing::warn!(%job_id, error = %e, "expiring a lease failed; will retry");
-                        engine
-                            .model()
-                            .rewatch(&job_id, common::now() + chrono::Duration::seconds(1));
+                        tracing::warn!(%job_id, error = %e, "a timed command failed; will retry");
+                        let again = common::now() + chrono::Duration::seconds(1);
+                        match cmd {
+                            Command::Expire => engine.model().rewatch_expiry(&job_id, again),
+                            _ => engine.model().rewatch(&job_id, again),
+                        }
                         engine.timers.notify_one();
                     }
                 }

@@ -52,6 +52,8 @@ const TOMBSTONES: usize = 100_000;
 pub enum Due {
     /// A lease ran out: append `JobLeaseExpired` (or what `decide` says).
     LeaseExpired { job_id: Uuid, lease_id: u64 },
+    /// A waiting job reached its `expires_at`: append `JobExpired`.
+    Expired { job_id: Uuid },
 }
 
 #[derive(Default)]
@@ -60,6 +62,8 @@ pub struct WriteModel {
     placed: HashMap<Uuid, Place>,
     ready: HashMap<String, TypeIndex>,
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
+    /// Waiting jobs' `expires_at` (entries for jobs that moved on are skipped when due).
+    expiries: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     finished: HashMap<Uuid, u64>,
     finished_order: VecDeque<Uuid>,
     counts: HashMap<Uuid, TenantCounts>,
@@ -283,6 +287,9 @@ impl WriteModel {
             return false;
         }
         let id = job.id;
+        if let (Status::Scheduled | Status::Pending, Some(at)) = (job.status, job.expires_at) {
+            self.expiries.push(Reverse((at, id)));
+        }
         let ready = match job.status {
             Status::Scheduled | Status::Pending if job.run_at <= now && !job.cancel_requested => {
                 self.place_ready(&job);
@@ -473,8 +480,34 @@ impl WriteModel {
                 _ => {}
             }
         }
-        let next = self.timers.peek().map(|Reverse((at, _))| *at);
+        while let Some(Reverse((at, id))) = self.expiries.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            let waiting = self.jobs.get(&id).is_some_and(|j| {
+                matches!(j.status, Status::Scheduled | Status::Pending)
+                    && j.expires_at.is_some_and(|e| e <= now)
+            });
+            if waiting {
+                due.push(Due::Expired { job_id: id });
+            }
+        }
+        let next = [self.timers.peek(), self.expiries.peek()]
+            .into_iter()
+            .flatten()
+            .map(|Reverse((at, _))| *at)
+            .min();
         (made_ready, due, next)
+    }
+
+    /// Watches a waiting job's expiry again at `at` (its `JobExpired` append did not go through).
+    pub fn rewatch_expiry(&mut self, id: &Uuid, at: DateTime<Utc>) {
+        if let Some(j) = self.jobs.get(id) {
+            if matches!(j.status, Status::Scheduled | Status::Pending) && j.expires_at.is_some() {
+                self.expiries.push(Reverse((at, *id)));
+            }
+        }
     }
 
     /// Re-arms the expiry watch of a leased job whose expiry append did not go through.

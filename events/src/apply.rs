@@ -46,6 +46,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             backoff,
             metadata,
             plan_tier: _,
+            expires_at,
         } = ev
         else {
             return Err(reject(ev, None, "the job has no JobEnqueued event"));
@@ -78,6 +79,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             cancel_requested: false,
             dead_lettered_at: None,
             completed_at: None,
+            expires_at: *expires_at,
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.hash()),
@@ -248,10 +250,21 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 Status::Scheduled
             };
         }
+        JobEvent::Expired { expires_at } => {
+            if !matches!(j.status, Status::Scheduled | Status::Pending) || *expires_at > at {
+                return Err(reject(
+                    ev,
+                    job,
+                    "only a waiting job past its expiry can expire",
+                ));
+            }
+            j.status = Status::Expired;
+            j.cancel_requested = false;
+        }
         JobEvent::Requeued { .. } => {
             if !matches!(
                 j.status,
-                Status::DeadLettered | Status::Cancelled | Status::Completed
+                Status::DeadLettered | Status::Cancelled | Status::Completed | Status::Expired
             ) {
                 return Err(reject(ev, job, "only a finished job can be requeued"));
             }
@@ -264,6 +277,8 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             j.result = None;
             j.dead_lettered_at = None;
             j.completed_at = None;
+            // Retried by a person: it runs whenever a worker takes it.
+            j.expires_at = None;
         }
         JobEvent::Purged {} => {
             if !j.status.is_terminal() {

@@ -50,11 +50,13 @@ pub enum Command {
     ExpireLease {
         lease_id: u64,
     },
+    /// Discards a job still scheduled or pending at its `expires_at`.
+    Expire,
     Cancel {
         reason: Option<String>,
     },
     Update(UpdateSpec),
-    /// Back to pending from dead_lettered, cancelled or completed.
+    /// Back to pending from dead_lettered, cancelled, completed or expired.
     Retry,
     /// Back to pending from the dead-letter queue only.
     Redrive,
@@ -136,6 +138,7 @@ pub fn decide(
                 backoff: spec.backoff,
                 metadata: spec.metadata.clone(),
                 plan_tier: spec.plan_tier.clone(),
+                expires_at: spec.expires_at,
             }])
         }
         (Some(_), Command::Enqueue(_)) => return Err(Rejection::AlreadyExists),
@@ -150,6 +153,10 @@ pub fn decide(
             lease_seconds,
         } => {
             if status != Status::Pending || job.cancel_requested {
+                return Err(Rejection::InvalidState(status));
+            }
+            if job.expires_at.is_some_and(|e| e <= now) {
+                // Its expiry is due: `Expire` discards it.
                 return Err(Rejection::InvalidState(status));
             }
             let seconds = (*lease_seconds).min(job.timeout_seconds).max(1);
@@ -284,10 +291,18 @@ pub fn decide(
                 queue: spec.queue.clone(),
             }
         }
+        Command::Expire => match (status, job.expires_at) {
+            (Status::Scheduled | Status::Pending, Some(at)) if at <= now => {
+                JobEvent::Expired { expires_at: at }
+            }
+            (s, _) => return Err(Rejection::InvalidState(s)),
+        },
         Command::Retry => match status {
-            Status::DeadLettered | Status::Cancelled | Status::Completed => JobEvent::Requeued {
-                reason: Some("retry".into()),
-            },
+            Status::DeadLettered | Status::Cancelled | Status::Completed | Status::Expired => {
+                JobEvent::Requeued {
+                    reason: Some("retry".into()),
+                }
+            }
             s => return Err(Rejection::InvalidState(s)),
         },
         Command::Redrive => match status {

@@ -36,6 +36,9 @@ pub enum JobEvent {
         /// tenant's lease limits without seeing that token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plan_tier: Option<String>,
+        /// Discard the job if it is still scheduled or pending then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
     },
     /// The job's `lease_id` is the stream sequence of this event.
     #[serde(rename = "JobLeased")]
@@ -114,11 +117,14 @@ pub enum JobEvent {
     /// The job leaves every read model; its events stay in the stream.
     #[serde(rename = "JobPurged")]
     Purged {},
+    /// Still scheduled or pending at its `expires_at`: discarded, not run, not dead-lettered.
+    #[serde(rename = "JobExpired")]
+    Expired { expires_at: DateTime<Utc> },
 }
 
 impl JobEvent {
     /// Every wire type name, in declaration order.
-    pub const TYPE_NAMES: [&'static str; 12] = [
+    pub const TYPE_NAMES: [&'static str; 13] = [
         "JobEnqueued",
         "JobLeased",
         "JobHeartbeat",
@@ -131,6 +137,7 @@ impl JobEvent {
         "JobUpdated",
         "JobRequeued",
         "JobPurged",
+        "JobExpired",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -147,6 +154,7 @@ impl JobEvent {
             Self::Updated { .. } => 9,
             Self::Requeued { .. } => 10,
             Self::Purged {} => 11,
+            Self::Expired { .. } => 12,
         };
         Self::TYPE_NAMES[i]
     }

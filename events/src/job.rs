@@ -17,16 +17,19 @@ pub enum Status {
     Completed,
     DeadLettered,
     Cancelled,
+    /// Not started by its `expires_at`: discarded (not dead-lettered).
+    Expired,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Scheduled,
         Status::Pending,
         Status::Leased,
         Status::Completed,
         Status::DeadLettered,
         Status::Cancelled,
+        Status::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +40,7 @@ impl Status {
             Status::Completed => "completed",
             Status::DeadLettered => "dead_lettered",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
         }
     }
 
@@ -48,7 +52,7 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::DeadLettered | Status::Cancelled
+            Status::Completed | Status::DeadLettered | Status::Cancelled | Status::Expired
         )
     }
 }
@@ -116,6 +120,9 @@ pub struct Job {
     pub cancel_requested: bool,
     pub dead_lettered_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A job still scheduled or pending at this instant is discarded (`JobExpired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
     /// Counts the job's events; the job's ETag.
     pub version: u64,
     /// Stream sequence of the job's last event: the expected last subject sequence of the

@@ -81,6 +81,14 @@ pub struct EnqueueRequest {
     /// Free-form JSON object kept with the job.
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Discard the job (`JobExpired`, status `expired`) if no worker has started it by then;
+    /// after `run_at`. Not with `ttl_seconds`.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// As `expires_at`, counted from now.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// A checked enqueue: every value in range, defaults filled in.
@@ -97,6 +105,7 @@ pub struct EnqueueSpec {
     pub metadata: Value,
     /// Filled in by the service from the caller's token, not from the request.
     pub plan_tier: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// `type` and `queue`: 1–128 characters of `[A-Za-z0-9._:-]`.
@@ -232,6 +241,35 @@ impl EnqueueRequest {
         check_json(&f("payload"), &self.payload, &mut errors);
         check_json(&f("metadata"), &metadata, &mut errors);
         check_time(&f("run_at"), run_at, &mut errors);
+        let expires_at = match (self.expires_at, self.ttl_seconds) {
+            (Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    f("ttl_seconds"),
+                    "give either expires_at or ttl_seconds, not both",
+                ));
+                None
+            }
+            (Some(at), None) => Some(at),
+            (None, Some(ttl))
+                if in_range(&f("ttl_seconds"), ttl, 1, MAX_DELAY_SECONDS, &mut errors) =>
+            {
+                Some(now + Duration::seconds(ttl))
+            }
+            _ => None,
+        };
+        if let Some(at) = expires_at {
+            check_time(&f("expires_at"), at, &mut errors);
+            if at <= run_at {
+                errors.push(FieldError::new(
+                    f(if self.ttl_seconds.is_some() {
+                        "ttl_seconds"
+                    } else {
+                        "expires_at"
+                    }),
+                    "must end after the job's run_at (and after now)",
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -246,6 +284,7 @@ impl EnqueueRequest {
             backoff,
             metadata,
             plan_tier: None,
+            expires_at,
         })
     }
 }

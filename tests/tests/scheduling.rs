@@ -233,3 +233,121 @@ async fn pause_names_are_checked_and_pausing_needs_a_role() {
         .expect("sent");
     assert_eq!(res.status().as_u16(), 403);
 }
+
+#[tokio::test]
+async fn a_job_not_started_by_its_expiry_is_discarded_not_dead_lettered() {
+    let app = TestApp::spawn().await;
+    let (doomed, _) = app
+        .enqueue(&json!({"type": "report.build", "payload": {}, "ttl_seconds": 1}))
+        .await;
+    assert!(doomed["expires_at"].is_string(), "{doomed}");
+    let (kept, _) = app
+        .enqueue(&json!({"type": "report.build", "payload": {}}))
+        .await;
+    let id = doomed["id"].as_str().expect("id").to_string();
+    // command-svc's timer discards it at its expiry; the read model shows it.
+    let job = tests::eventually(
+        std::time::Duration::from_secs(15),
+        "the job expires",
+        || {
+            let (app, id) = (&app, id.clone());
+            async move {
+                let (_, body) = app.get(&format!("/jobs/v1/jobs/{id}"), 0).await;
+                (body["data"]["status"] == "expired").then_some(body["data"].clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(job["attempts"], 0);
+    let (_, history) = app.get(&format!("/jobs/v1/jobs/{id}/events"), 0).await;
+    let last = history["data"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("events");
+    assert_eq!(last["type"], "JobExpired");
+    assert_eq!(last["actor"]["kind"], "system");
+    assert_eq!(last["data"]["expires_at"], doomed["expires_at"]);
+
+    // Not in the dead-letter queue; counted in the metrics; never leased.
+    let (_, dlq) = app.get("/jobs/v1/dlq", 0).await;
+    assert_eq!(dlq["data"], json!([]));
+    let (_, metrics) = app.get("/jobs/v1/metrics", 0).await;
+    assert_eq!(metrics["data"]["counts"]["expired"], 1);
+    let leased = app
+        .worker("expiry-worker")
+        .lease(&json!({"types": ["report.build"], "max_jobs": 10}))
+        .await;
+    assert_eq!(ids(&leased), ids(&[kept]));
+
+    // A person can still run it: retry puts it back, without the expiry.
+    let res = app
+        .request(
+            Method::POST,
+            &format!("/jobs/v1/jobs/{id}/retry"),
+            &app.token,
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["data"]["status"], "pending");
+    assert!(body["data"].get("expires_at").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_job_started_before_its_expiry_runs_to_the_end() {
+    let app = TestApp::spawn().await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let (job, _) = app
+        .enqueue(&json!({"type": "t", "payload": {}, "expires_at": expires_at}))
+        .await;
+    let worker = app.worker("early-worker");
+    let leased = worker
+        .lease(&json!({"types": ["t"], "lease_seconds": 30}))
+        .await;
+    assert_eq!(ids(&leased), ids(&[job]));
+    // Let the expiry pass while the job runs (the point is wall-clock time).
+    let left = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(left + std::time::Duration::from_millis(500)).await;
+    let (status, done) = worker.complete(&leased[0]).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["data"]["status"], "completed");
+}
+
+#[tokio::test]
+async fn expiry_fields_are_checked() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (
+            json!({"type": "t", "payload": {}, "ttl_seconds": 5, "expires_at": "2999-01-01T00:00:00Z"}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "ttl_seconds": 0}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "delay_seconds": 60, "ttl_seconds": 30}),
+            "ttl_seconds",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+    ] {
+        let res = app.enqueue_as(&app.token, &body).await;
+        assert_eq!(res.status().as_u16(), 400, "{body}");
+        let err: Value = res.json().await.expect("json");
+        let fields: Vec<&str> = err["error"]["details"]["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .filter_map(|f| f["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{body} → {err}");
+    }
+}

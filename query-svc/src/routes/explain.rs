@@ -63,7 +63,7 @@ async fn paused_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResul
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct Reason {
-    /// `SCHEDULED`, `RETRY_BACKOFF`, `QUEUE_PAUSED`, `JOB_TYPE_PAUSED`, `JOBS_AHEAD`,
+    /// `SCHEDULED`, `RETRY_BACKOFF`, `QUEUE_PAUSED`, `JOB_TYPE_PAUSED`, `EXPIRED`, `JOBS_AHEAD`,
     /// `TENANT_LEASE_LIMIT`, `NO_WORKER_SEEN`,
     /// `LEASED`, `CANCEL_REQUESTED`, `FINISHED`, `DEAD_LETTERED`, …
     code: String,
@@ -111,6 +111,12 @@ async fn explain(
     let status = job.status_at(now);
     let mut reasons = Vec::new();
     match status {
+        Status::Expired => reasons.push(reason(
+            "EXPIRED",
+            "no worker started the job before its expires_at; it was discarded (retry runs it)"
+                .into(),
+            json!({ "expires_at": job.expires_at }),
+        )),
         Status::Completed | Status::Cancelled => reasons.push(reason(
             "FINISHED",
             format!("the job is {}; it runs again only if retried", status.as_str()),

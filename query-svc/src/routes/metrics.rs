@@ -50,6 +50,8 @@ struct Counts {
     completed: i64,
     dead_lettered: i64,
     cancelled: i64,
+    /// Discarded at their `expires_at` (beyond API.md).
+    expired: i64,
 }
 
 #[derive(utoipa::ToSchema)]
