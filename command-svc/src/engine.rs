@@ -272,7 +272,11 @@ impl Engine {
 
     /// The job as this instance knows it, scoped to `tenant` when given (another tenant's job
     /// is absent), loaded from the stream when the model does not hold it (a finished job).
-    async fn current(&self, tenant: Option<Uuid>, job_id: Uuid) -> Result<Option<Job>, ApiError> {
+    pub async fn current(
+        &self,
+        tenant: Option<Uuid>,
+        job_id: Uuid,
+    ) -> Result<Option<Job>, ApiError> {
         let held = self.model().job(&job_id).cloned();
         match (held, tenant) {
             (Some(j), Some(t)) if j.tenant_id != t => Ok(None),

@@ -13,6 +13,7 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod tls;
+pub mod unique;
 
 pub use config::Config;
 pub use startup::Application;

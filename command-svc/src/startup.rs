@@ -24,6 +24,8 @@ pub struct AppState {
     pub js: async_nats::jetstream::Context,
     pub verifier: Arc<JwtVerifier>,
     pub idempotency: async_nats::jetstream::kv::Store,
+    /// Unique-job key claims (`crate::unique`).
+    pub unique: async_nats::jetstream::kv::Store,
     pub max_payload_bytes: usize,
     /// The largest body any public route accepts (what idempotency buffers at most).
     pub max_body_bytes: usize,
@@ -72,6 +74,7 @@ impl Application {
         let js = common::nats::jetstream(&client);
         common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
         let idempotency = crate::idempotency::bucket(&js, config.nats.stream_replicas).await?;
+        let unique = crate::unique::bucket(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();
         let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
         let plans = common::plans::Plans::load(config.plans.plans_file.as_deref())?;
@@ -88,6 +91,7 @@ impl Application {
             js,
             verifier,
             idempotency,
+            unique,
             max_payload_bytes: config.max_payload_bytes,
             max_body_bytes: config
                 .max_batch_body_bytes

@@ -47,6 +47,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             metadata,
             plan_tier: _,
             expires_at,
+            unique,
         } = ev
         else {
             return Err(reject(ev, None, "the job has no JobEnqueued event"));
@@ -80,6 +81,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             dead_lettered_at: None,
             completed_at: None,
             expires_at: *expires_at,
+            unique: unique.clone(),
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.hash()),

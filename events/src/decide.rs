@@ -139,6 +139,7 @@ pub fn decide(
                 metadata: spec.metadata.clone(),
                 plan_tier: spec.plan_tier.clone(),
                 expires_at: spec.expires_at,
+                unique: spec.unique.clone(),
             }])
         }
         (Some(_), Command::Enqueue(_)) => return Err(Rejection::AlreadyExists),

@@ -39,6 +39,9 @@ pub enum JobEvent {
         /// Discard the job if it is still scheduled or pending then.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<DateTime<Utc>>,
+        /// The uniqueness the job was enqueued with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unique: Option<crate::job::UniqueSpec>,
     },
     /// The job's `lease_id` is the stream sequence of this event.
     #[serde(rename = "JobLeased")]

@@ -84,6 +84,29 @@ pub struct Lease {
     pub lease_seconds: u32,
 }
 
+/// A job's uniqueness: while a job with the same `key` (per tenant) is in one of `states`, or
+/// younger than `ttl_seconds`, enqueueing another answers that job instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UniqueSpec {
+    pub key: String,
+    pub states: Vec<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
+}
+
+impl UniqueSpec {
+    /// The states a key is held in unless the request names others.
+    pub const DEFAULT_STATES: [Status; 3] = [Status::Scheduled, Status::Pending, Status::Leased];
+
+    /// Whether `holder` (the job holding the key) blocks a new job with this spec at `now`.
+    pub fn blocks(&self, holder: &Job, now: DateTime<Utc>) -> bool {
+        self.states.contains(&holder.status_at(now))
+            || self
+                .ttl_seconds
+                .is_some_and(|t| now < holder.created_at + chrono::Duration::seconds(t as i64))
+    }
+}
+
 /// One failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
@@ -123,6 +146,9 @@ pub struct Job {
     /// A job still scheduled or pending at this instant is discarded (`JobExpired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The uniqueness it was enqueued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<UniqueSpec>,
     /// Counts the job's events; the job's ETag.
     pub version: u64,
     /// Stream sequence of the job's last event: the expected last subject sequence of the

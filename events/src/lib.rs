@@ -19,4 +19,4 @@ pub use apply::{apply, ApplyError};
 pub use decide::{decide, Command, EnqueueSpec, Rejection};
 pub use envelope::{Actor, ActorKind, Envelope, Recorded, SCHEMA_VERSION};
 pub use event::{ErrorInfo, JobEvent};
-pub use job::{Backoff, Job, JobError, Lease, Status};
+pub use job::{Backoff, Job, JobError, Lease, Status, UniqueSpec};

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::Backoff;
+use crate::job::{Backoff, Status, UniqueSpec};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_PRIORITY: i64 = 10;
@@ -41,6 +41,22 @@ impl FieldError {
 pub struct BackoffRequest {
     pub base_seconds: Option<i64>,
     pub max_seconds: Option<i64>,
+}
+
+/// `unique` at enqueue.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UniqueRequest {
+    /// Any text (1–255 characters), per tenant: e.g. `report:customer-42:2026-12-01`.
+    #[schema(min_length = 1, max_length = 255)]
+    pub key: String,
+    /// The states in which the holder blocks a new job; default scheduled, pending, leased.
+    #[serde(default)]
+    pub states: Option<Vec<Status>>,
+    /// Also block while the holder is younger than this, whatever its state.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_622_400)]
+    pub ttl_seconds: Option<i64>,
 }
 
 /// The body of `POST /jobs/v1/enqueue` (and each element of a batch).
@@ -89,6 +105,10 @@ pub struct EnqueueRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 31_622_400)]
     pub ttl_seconds: Option<i64>,
+    /// Enqueue only if no job with this key is in the given states: else the answer is that job
+    /// (200, `deduplicated: true`). Single enqueues only (not in a batch).
+    #[serde(default)]
+    pub unique: Option<UniqueRequest>,
 }
 
 /// A checked enqueue: every value in range, defaults filled in.
@@ -106,6 +126,7 @@ pub struct EnqueueSpec {
     /// Filled in by the service from the caller's token, not from the request.
     pub plan_tier: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub unique: Option<UniqueSpec>,
 }
 
 /// `type` and `queue`: 1–128 characters of `[A-Za-z0-9._:-]`.
@@ -270,6 +291,43 @@ impl EnqueueRequest {
                 ));
             }
         }
+        let unique = self.unique.map(|u| {
+            let k = u.key.chars().count();
+            if k == 0 || k > 255 || u.key.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    f("unique.key"),
+                    "must be 1-255 characters, none of them control characters",
+                ));
+            }
+            let states = u
+                .states
+                .unwrap_or_else(|| UniqueSpec::DEFAULT_STATES.to_vec());
+            if states.is_empty() {
+                errors.push(FieldError::new(
+                    f("unique.states"),
+                    "must name at least one state",
+                ));
+            }
+            let ttl_seconds = match u.ttl_seconds {
+                Some(t)
+                    if in_range(
+                        &f("unique.ttl_seconds"),
+                        t,
+                        1,
+                        MAX_DELAY_SECONDS,
+                        &mut errors,
+                    ) =>
+                {
+                    Some(t as u32)
+                }
+                _ => None,
+            };
+            UniqueSpec {
+                key: u.key,
+                states,
+                ttl_seconds,
+            }
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -285,6 +343,7 @@ impl EnqueueRequest {
             metadata,
             plan_tier: None,
             expires_at,
+            unique,
         })
     }
 }

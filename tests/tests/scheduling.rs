@@ -351,3 +351,155 @@ async fn expiry_fields_are_checked() {
         assert!(fields.contains(&field), "{body} → {err}");
     }
 }
+
+/// Enqueues `body` as the default tenant; returns (status, job with `deduplicated`).
+async fn enqueue_unique(app: &TestApp, command_url: &str, body: &Value) -> (u16, Value) {
+    let res = app
+        .http
+        .post(format!("{command_url}/jobs/v1/enqueue"))
+        .bearer_auth(&app.token)
+        .json(body)
+        .send()
+        .await
+        .expect("sent");
+    let status = res.status().as_u16();
+    (
+        status,
+        res.json::<Value>().await.expect("json")["data"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_unique_key_answers_the_holder_until_it_completes_or_dead_letters() {
+    let app = TestApp::spawn().await;
+    let url = app.command.url();
+    let body =
+        |key: &str| json!({"type": "report.build", "payload": {"k": key}, "unique": {"key": key}});
+    let (status, first) = enqueue_unique(&app, &url, &body("report:42")).await;
+    assert_eq!(status, 201);
+    assert_eq!(first["deduplicated"], false);
+    assert_eq!(first["unique"]["key"], "report:42");
+    let (status, again) = enqueue_unique(&app, &url, &body("report:42")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["deduplicated"], true);
+    assert_eq!(again["id"], first["id"]);
+    // Another key, and the same key in another tenant, are other jobs.
+    let (status, other) = enqueue_unique(&app, &url, &body("report:43")).await;
+    assert_eq!(status, 201);
+    assert_ne!(other["id"], first["id"]);
+    let stranger = app.keys.token(uuid::Uuid::new_v4(), &["member"]);
+    let res = app.enqueue_as(&stranger, &body("report:42")).await;
+    assert_eq!(res.status().as_u16(), 201);
+
+    // Leased still holds the key; completed releases it.
+    let worker = app.worker("unique-worker");
+    let leased = worker
+        .lease(&json!({"types": ["report.build"], "max_jobs": 1}))
+        .await;
+    assert_eq!(leased[0]["id"], first["id"]);
+    let (_, held) = enqueue_unique(&app, &url, &body("report:42")).await;
+    assert_eq!(held["id"], first["id"], "a leased holder still holds");
+    let (status, _) = worker.complete(&leased[0]).await;
+    assert_eq!(status, 200);
+    let (status, second) = enqueue_unique(&app, &url, &body("report:42")).await;
+    assert_eq!(status, 201, "completion released the key: {second}");
+    assert_ne!(second["id"], first["id"]);
+
+    // Dead-lettering releases it too.
+    let leased = worker
+        .lease(&json!({"types": ["report.build"], "max_jobs": 10}))
+        .await;
+    let mine = leased
+        .iter()
+        .find(|j| j["id"] == second["id"])
+        .expect("the second holder is leased");
+    let (status, dead) = worker.fail(mine, false).await;
+    assert_eq!(status, 200);
+    assert_eq!(dead["data"]["status"], "dead_lettered");
+    let (status, third) = enqueue_unique(&app, &url, &body("report:42")).await;
+    assert_eq!(status, 201, "dead-lettering released the key: {third}");
+    assert_ne!(third["id"], second["id"]);
+}
+
+#[tokio::test]
+async fn a_unique_ttl_and_custom_states_hold_the_key_as_asked() {
+    let app = TestApp::spawn().await;
+    let url = app.command.url();
+    // Held while pending or completed, for a minute whatever happens.
+    let body = json!({"type": "digest", "payload": {}, "unique": {"key": "digest:today", "states": ["pending", "leased", "completed"], "ttl_seconds": 60}});
+    let (status, first) = enqueue_unique(&app, &url, &body).await;
+    assert_eq!(status, 201);
+    let worker = app.worker("ttl-worker");
+    let leased = worker.lease(&json!({"types": ["digest"]})).await;
+    worker.complete(&leased[0]).await;
+    let (status, again) = enqueue_unique(&app, &url, &body).await;
+    assert_eq!(status, 200, "completed is one of the states: {again}");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["status"], "completed");
+}
+
+#[tokio::test]
+async fn concurrent_unique_enqueues_on_two_instances_create_one_job() {
+    let app = TestApp::spawn().await;
+    let second = tests::start_command(&app.nats.url(), &app.keys)
+        .await
+        .expect("second command-svc starts");
+    let urls = [app.command.url(), second.url()];
+    let body = json!({"type": "sync", "payload": {}, "unique": {"key": "sync:customer-7"}});
+    let answers = futures::future::join_all((0..20).map(|i| {
+        let url = urls[i % 2].clone();
+        let (app, body) = (&app, body.clone());
+        async move { enqueue_unique(app, &url, &body).await }
+    }))
+    .await;
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .map(|(_, j)| j)
+        .collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    for (status, job) in &answers {
+        assert!(*status == 201 || *status == 200, "{status} {job}");
+        assert_eq!(job["id"], created[0]["id"]);
+    }
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn unique_fields_are_checked_and_not_taken_in_a_batch() {
+    let app = TestApp::spawn().await;
+    for (body, field) in [
+        (
+            json!({"type": "t", "payload": {}, "unique": {"key": ""}}),
+            "unique.key",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "unique": {"key": "k", "states": []}}),
+            "unique.states",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "unique": {"key": "k", "ttl_seconds": 0}}),
+            "unique.ttl_seconds",
+        ),
+    ] {
+        let res = app.enqueue_as(&app.token, &body).await;
+        assert_eq!(res.status().as_u16(), 400, "{body}");
+        let err: Value = res.json().await.expect("json");
+        assert_eq!(
+            err["error"]["details"]["fields"][0]["field"], field,
+            "{err}"
+        );
+    }
+    let res = app
+        .request(Method::POST, "/jobs/v1/enqueue/batch", &app.token)
+        .json(&json!({"jobs": [{"type": "t", "payload": {}, "unique": {"key": "k"}}]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status().as_u16(), 400);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(
+        err["error"]["details"]["fields"][0]["field"],
+        "jobs[0].unique"
+    );
+}

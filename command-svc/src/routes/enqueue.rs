@@ -174,8 +174,9 @@ fn with_seq(mut res: Response, seq: u64) -> Response {
     params(common::openapi::CommandHeaders),
     request_body(content = EnqueueRequest, example = json!({"type": "email.send", "payload": {"to": "user@example.com", "template": "welcome"}, "priority": 5})),
     responses(
-        (status = 201, description = "The job, enqueued", body = common::openapi::Envelope<Job>,
+        (status = 201, description = "The job, enqueued (with `deduplicated: false` when `unique` was given)", body = common::openapi::Envelope<Job>,
          headers(("x-event-seq" = u64, description = "Stream sequence of the appended event; send it as x-min-event-seq on a later read"))),
+        (status = 200, description = "`unique` was given and a job holding the key exists: that job, with `deduplicated: true`; nothing was enqueued", body = common::openapi::Envelope<Job>),
         (status = 429, description = "The tenant's active-jobs quota is full (`QUOTA_EXCEEDED`) or its enqueue rate is exceeded (`RATE_LIMITED`); `Retry-After` says when to retry", body = common::openapi::ErrorEnvelope,
          headers(("Retry-After" = u64, description = "Whole seconds to wait"))),
     )
@@ -190,6 +191,16 @@ async fn enqueue(
     let max = (limits.max_payload_bytes as usize).min(state.max_payload_bytes);
     let env = new_job(&user, req, "", now, (&tier, max)).map_err(|e| reject(e, max))?;
     admit(&state, &user, &limits, 1)?;
+    let unique = match &env.event {
+        events::JobEvent::Enqueued { unique, .. } => unique.clone(),
+        _ => None,
+    };
+    if let Some(spec) = &unique {
+        let claimed = crate::unique::claim(&state, env.tenant_id, spec, env.job_id, now).await?;
+        if let crate::unique::Claimed::Held(job) = claimed {
+            return Ok(deduplicated(&job, true, StatusCode::OK));
+        }
+    }
     let traceparent = common::context::current().child_traceparent();
     let seq = match state.store.append(&env, &traceparent, 0).await {
         Ok(seq) => seq,
@@ -211,7 +222,22 @@ async fn enqueue(
         envelope: env.clone(),
     });
     let job = folded(env, seq)?;
+    if unique.is_some() {
+        return Ok(deduplicated(&job, false, StatusCode::CREATED));
+    }
     Ok(created(&job))
+}
+
+/// The answer to a unique enqueue: the job with `deduplicated` (true: an existing job holds the
+/// key and nothing was enqueued).
+fn deduplicated(job: &Job, dedup: bool, status: StatusCode) -> Response {
+    let mut data = serde_json::to_value(job).expect("a job serializes");
+    data["deduplicated"] = json!(dedup);
+    let mut res = with_seq(envelope(status, data), job.last_event_seq);
+    if let Ok(v) = HeaderValue::from_str(&format!("/jobs/v1/jobs/{}", job.id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
 }
 
 fn created(job: &Job) -> Response {
@@ -258,6 +284,13 @@ async fn enqueue_batch(
     let mut envs = Vec::with_capacity(n);
     let mut errors = Vec::new();
     for (i, r) in req.jobs.into_iter().enumerate() {
+        if r.unique.is_some() {
+            errors.push(FieldError::new(
+                format!("jobs[{i}].unique"),
+                "is not supported in a batch: enqueue unique jobs one by one",
+            ));
+            continue;
+        }
         match new_job(&user, r, &format!("jobs[{i}]."), now, (&tier, max)) {
             Ok(env) => envs.push(env),
             Err(e) => errors.extend(e),
