@@ -79,6 +79,8 @@ pub struct Engine {
     pub metrics: EngineMetrics,
     pub plans: common::plans::Plans,
     pub rate: crate::limits::RateLimiter,
+    /// Every schedule, with its last firing (folded by the follower).
+    pub schedules: crate::scheduler::ScheduleTable,
 }
 
 impl Engine {
@@ -99,6 +101,7 @@ impl Engine {
             metrics,
             plans,
             rate: Default::default(),
+            schedules: Default::default(),
         })
     }
 
@@ -203,6 +206,52 @@ impl Engine {
                 self.absorb(current.clone());
             }
         }
+        Ok(current)
+    }
+
+    /// Leases a job with a concurrency key: its `JobLeased` and a `ConcurrencySlotTaken` on the
+    /// key's subject in one atomic batch, conditional on the key's last sequence as this model
+    /// knows it — so another instance's lease of the same key since then makes this one a
+    /// conflict (retried once the follower has caught up), and the limit holds across instances.
+    async fn append_keyed_lease(
+        &self,
+        job: &Job,
+        mut events: Vec<JobEvent>,
+        actor: &Actor,
+        at: DateTime<Utc>,
+        limit: &events::ConcurrencyLimit,
+    ) -> Result<Job, AppendError> {
+        let key = &limit.concurrency_key;
+        let (leased, key_seq) = {
+            let m = self.model();
+            (
+                m.key_leased(job.tenant_id, key),
+                m.key_seq(job.tenant_id, key),
+            )
+        };
+        if leased >= limit.max_concurrent || events.len() != 1 {
+            return Err(AppendError::Conflict);
+        }
+        let env = Self::envelope(job, events.remove(0), actor, at);
+        let slot = events::platform::PlatformEnvelope::new(
+            job.tenant_id,
+            at,
+            actor.clone(),
+            events::platform::PlatformEvent::ConcurrencySlotTaken {
+                tenant_id: job.tenant_id,
+                concurrency_key: key.clone(),
+                job_id: job.id,
+            },
+        );
+        let traceparent = common::context::current().child_traceparent();
+        let (seq, slot_seq) = self
+            .store
+            .append_with(&env, job.last_event_seq, &slot, key_seq, &traceparent)
+            .await?;
+        let current = events::apply(Some(job), &Recorded { seq, envelope: env })
+            .map_err(|e| AppendError::Other(e.to_string()))?;
+        self.absorb(current.clone());
+        self.model().note_slot(job.tenant_id, key, slot_seq);
         Ok(current)
     }
 
@@ -436,7 +485,14 @@ impl Engine {
                 let Ok(events) = decide(Some(&job), &cmd, now) else {
                     continue;
                 };
-                match self.append(&job, events, &actor, now).await {
+                let appended = match &job.limits {
+                    Some(limit) => {
+                        self.append_keyed_lease(&job, events, &actor, now, limit)
+                            .await
+                    }
+                    None => self.append(&job, events, &actor, now).await,
+                };
+                match appended {
                     Ok(j) => {
                         taken.ids.retain(|id| *id != j.id);
                         let waited = (now - j.run_at).num_milliseconds().max(0) as f64 / 1000.0;

@@ -75,7 +75,10 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
         let (seq, pending) = (info.stream_sequence, info.pending);
         if parse_job_subject(&msg.subject).is_some() {
             match Envelope::from_json(&msg.payload) {
-                Ok(envelope) => fold(engine, seq, envelope).await?,
+                Ok(envelope) => {
+                    engine.schedules.observe(&envelope);
+                    fold(engine, seq, envelope).await?
+                }
                 // Written by a newer version: stop here until this one is upgraded.
                 Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
@@ -86,6 +89,14 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
             match PlatformEnvelope::from_json(&msg.payload) {
                 Ok(env) => {
                     engine.model().fold_platform(&env.event);
+                    if let events::platform::PlatformEvent::ConcurrencySlotTaken {
+                        tenant_id,
+                        concurrency_key,
+                        ..
+                    } = &env.event
+                    {
+                        engine.model().note_slot(*tenant_id, concurrency_key, seq);
+                    }
                     // A resumed queue or type (or undrained worker): waiting workers may take
                     // its jobs now.
                     if matches!(env.event.pause(), Some((_, _, false))) {
@@ -95,6 +106,8 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
                 Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
                 Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
             }
+        } else if msg.subject.starts_with("jobs.schedules.") {
+            crate::scheduler::fold_message(engine, &msg.subject, seq, &msg.payload)?;
         }
         engine.position.send_if_modified(|p| {
             let moved = seq > *p;
@@ -154,6 +167,16 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
                     (job_id, Command::ExpireLease { lease_id })
                 }
                 Due::Expired { job_id } => (job_id, Command::Expire),
+                Due::DependencyFailed {
+                    job_id,
+                    dependency,
+                    status,
+                } => (
+                    job_id,
+                    Command::Cancel {
+                        reason: Some(format!("dependency {dependency} ended {}", status.as_str())),
+                    },
+                ),
             };
             if !engine.is_caught_up() {
                 // While replaying, a lease (or a waiting job) may look due only because what
@@ -161,6 +184,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
                 let again = now + chrono::Duration::seconds(1);
                 match cmd {
                     Command::Expire => engine.model().rewatch_expiry(&job_id, again),
+                    Command::Cancel { .. } => engine.model().recheck(&job_id, now),
                     _ => engine.model().rewatch(&job_id, again),
                 }
                 continue;
@@ -172,13 +196,16 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
                     .await
                 {
                     Ok(_) | Err(common::ApiError::LeaseLost) => {}
-                    // The job moved on (leased, cancelled) before its expiry was appended.
-                    Err(common::ApiError::InvalidState(_)) if cmd == Command::Expire => {}
+                    // The job moved on (leased, cancelled) before its expiry or cancel was
+                    // appended.
+                    Err(common::ApiError::InvalidState(_))
+                        if matches!(cmd, Command::Expire | Command::Cancel { .. }) => {}
                     Err(e) => {
                         tracing::warn!(%job_id, error = %e, "a timed command failed; will retry");
                         let again = common::now() + chrono::Duration::seconds(1);
                         match cmd {
                             Command::Expire => engine.model().rewatch_expiry(&job_id, again),
+                            Command::Cancel { .. } => engine.model().recheck(&job_id, again),
                             _ => engine.model().rewatch(&job_id, again),
                         }
                         engine.timers.notify_one();

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod limits;
 pub mod model;
 pub mod routes;
+pub mod scheduler;
 pub mod startup;
 pub mod store;
 pub mod tls;

@@ -64,6 +64,18 @@ impl RateLimiter {
         Err(((need - b.tokens) / rate).ceil().max(1.0) as u64)
     }
 
+    /// Gives back `n` tokens taken for an enqueue that appended nothing (a schedule's firing
+    /// that another instance made first).
+    pub fn refund(&self, tenant: Uuid, n: u64) {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .expect("the rate limiter lock is never poisoned");
+        if let Some(b) = buckets.get_mut(&tenant) {
+            b.tokens = (b.tokens + n as f64).min(b.burst);
+        }
+    }
+
     /// Another instance enqueued `n` jobs for `tenant`.
     pub fn observe(&self, tenant: Uuid, n: u64, now: Instant) {
         let mut buckets = self

@@ -41,6 +41,18 @@ enum Place {
     /// In the timer heap, armed for this instant (heap entries for other instants are stale).
     Waiting(DateTime<Utc>),
     Taken,
+    /// Waiting for the jobs it depends on.
+    Blocked,
+}
+
+/// Where a job with dependencies stands.
+enum Dependencies {
+    /// These have not ended yet (or are not known here yet).
+    Waiting(HashSet<Uuid>),
+    /// One ended without completing and the job's policy is `cancel`.
+    Failed,
+    /// Every one completed (or ended, under `run_anyway`).
+    Met,
 }
 
 /// How many finished jobs' last sequences are remembered, so a late, older state of a job
@@ -54,6 +66,12 @@ pub enum Due {
     LeaseExpired { job_id: Uuid, lease_id: u64 },
     /// A waiting job reached its `expires_at`: append `JobExpired`.
     Expired { job_id: Uuid },
+    /// A job it depends on ended without completing: cancel it (its policy is `cancel`).
+    DependencyFailed {
+        job_id: Uuid,
+        dependency: Uuid,
+        status: Status,
+    },
 }
 
 #[derive(Default)]
@@ -65,7 +83,15 @@ pub struct WriteModel {
     /// Waiting jobs' `expires_at` (entries for jobs that moved on are skipped when due).
     expiries: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     finished: HashMap<Uuid, u64>,
+    /// How each finished job ended (bounded with `finished`).
+    ended: HashMap<Uuid, Status>,
     finished_order: VecDeque<Uuid>,
+    /// Jobs waiting for dependencies, with the dependencies not yet ended.
+    blocked: HashMap<Uuid, HashSet<Uuid>>,
+    /// A dependency → the jobs waiting for it.
+    dependents: HashMap<Uuid, HashSet<Uuid>>,
+    /// Jobs to cancel because a dependency failed (drained by `tick`).
+    dependency_failed: Vec<(Uuid, Uuid, Status)>,
     counts: HashMap<Uuid, TenantCounts>,
     /// Limit overrides per tenant (from `TenantLimitsOverridden` events).
     pub overrides: HashMap<Uuid, LimitOverrides>,
@@ -75,6 +101,10 @@ pub struct WriteModel {
     pub draining: HashSet<String>,
     /// Each tenant's paused queues and job types: their jobs are not leased.
     pub paused: HashMap<Uuid, HashSet<PauseTarget>>,
+    /// Leased jobs per (tenant, concurrency key).
+    key_leased: HashMap<(Uuid, String), u32>,
+    /// The last stream sequence of each (tenant, concurrency key)'s slot subject.
+    key_seq: HashMap<(Uuid, String), u64>,
     /// The last stream sequence this model reflects.
     pub position: u64,
 }
@@ -113,12 +143,21 @@ impl WriteModel {
             ) as u64;
             (j.tenant_id, active, (j.status == Status::Leased) as u64)
         };
+        let keyed = |j: &Job| {
+            j.limits
+                .as_ref()
+                .filter(|_| j.status == Status::Leased)
+                .map(|l| (j.tenant_id, l.concurrency_key.clone()))
+        };
         let old = match job {
             Some(j) => {
                 let new = contribution(&j);
                 let c = self.counts.entry(new.0).or_default();
                 c.active += new.1;
                 c.leased += new.2;
+                if let Some(k) = keyed(&j) {
+                    *self.key_leased.entry(k).or_default() += 1;
+                }
                 self.jobs.insert(id, j)
             }
             None => self.jobs.remove(&id),
@@ -128,6 +167,14 @@ impl WriteModel {
             if let Some(c) = self.counts.get_mut(&tenant) {
                 c.active -= active;
                 c.leased -= leased;
+            }
+            if let Some(k) = keyed(&old) {
+                if let Some(n) = self.key_leased.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.key_leased.remove(&k);
+                    }
+                }
             }
         }
     }
@@ -150,6 +197,8 @@ impl WriteModel {
             PlatformEvent::WorkerUndrained { worker_id } => {
                 self.draining.remove(worker_id);
             }
+            // Its sequence is recorded by `note_slot` (the follower knows it).
+            PlatformEvent::ConcurrencySlotTaken { .. } => {}
             PlatformEvent::QueuePaused { .. }
             | PlatformEvent::QueueResumed { .. }
             | PlatformEvent::JobTypePaused { .. }
@@ -167,6 +216,28 @@ impl WriteModel {
                 }
             }
         }
+    }
+
+    /// How many of the tenant's jobs with this concurrency key are leased.
+    pub fn key_leased(&self, tenant: Uuid, key: &str) -> u32 {
+        self.key_leased
+            .get(&(tenant, key.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The last sequence of the key's slot subject this model has seen (0: none).
+    pub fn key_seq(&self, tenant: Uuid, key: &str) -> u64 {
+        self.key_seq
+            .get(&(tenant, key.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records a `ConcurrencySlotTaken` at stream sequence `seq`.
+    pub fn note_slot(&mut self, tenant: Uuid, key: &str, seq: u64) {
+        let e = self.key_seq.entry((tenant, key.to_string())).or_default();
+        *e = (*e).max(seq);
     }
 
     /// Whether the tenant paused this queue or job type.
@@ -238,12 +309,14 @@ impl WriteModel {
         self.put(job, now)
     }
 
-    fn bury(&mut self, id: Uuid, seq: u64) {
+    fn bury(&mut self, id: Uuid, seq: u64, status: Status) {
+        self.ended.insert(id, status);
         if self.finished.insert(id, seq).is_none() {
             self.finished_order.push_back(id);
             if self.finished_order.len() > TOMBSTONES {
                 if let Some(old) = self.finished_order.pop_front() {
                     self.finished.remove(&old);
+                    self.ended.remove(&old);
                 }
             }
         }
@@ -258,10 +331,97 @@ impl WriteModel {
     pub fn forget(&mut self, id: &Uuid) {
         self.unplace(id);
         self.placed.remove(id);
-        if let Some(seq) = self.jobs.get(id).map(|j| j.last_event_seq) {
+        if let Some((seq, status)) = self.jobs.get(id).map(|j| (j.last_event_seq, j.status)) {
             self.store(*id, None);
-            self.bury(*id, seq);
+            self.bury(*id, seq, status);
         }
+        self.unblock(id);
+        self.wake_dependents(id, chrono::Utc::now());
+    }
+
+    /// A dependency's status as this model knows it (None: not known here).
+    fn dependency_status(&self, id: &Uuid) -> Option<Status> {
+        self.jobs
+            .get(id)
+            .map(|j| j.status)
+            .or_else(|| self.ended.get(id).copied())
+    }
+
+    fn dependencies(&self, job: &Job) -> Dependencies {
+        let run_anyway = job.on_dependency_failure == Some(events::DependencyFailure::RunAnyway);
+        let mut waiting = HashSet::new();
+        for dep in &job.depends_on {
+            match self.dependency_status(dep) {
+                Some(Status::Completed) => {}
+                Some(s @ (Status::DeadLettered | Status::Cancelled | Status::Expired)) => {
+                    if !run_anyway {
+                        let _ = s;
+                        return Dependencies::Failed;
+                    }
+                }
+                _ => {
+                    waiting.insert(*dep);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Dependencies::Met
+        } else {
+            Dependencies::Waiting(waiting)
+        }
+    }
+
+    /// The first failed dependency of a job under the `cancel` policy.
+    fn failed_dependency(&self, job: &Job) -> Option<(Uuid, Status)> {
+        job.depends_on
+            .iter()
+            .find_map(|dep| match self.dependency_status(dep) {
+                Some(s @ (Status::DeadLettered | Status::Cancelled | Status::Expired)) => {
+                    Some((*dep, s))
+                }
+                _ => None,
+            })
+    }
+
+    fn unblock(&mut self, id: &Uuid) {
+        if let Some(deps) = self.blocked.remove(id) {
+            for dep in deps {
+                if let Some(set) = self.dependents.get_mut(&dep) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.dependents.remove(&dep);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job's state changed: the jobs waiting for it look again. Returns whether one became
+    /// ready.
+    fn wake_dependents(&mut self, id: &Uuid, now: DateTime<Utc>) -> bool {
+        let Some(waiting) = self.dependents.get(id).cloned() else {
+            return false;
+        };
+        let mut ready = false;
+        for w in waiting {
+            if let Some(job) = self.jobs.get(&w).cloned() {
+                ready |= self.put(job, now);
+            }
+        }
+        ready
+    }
+
+    /// Looks at a waiting job's dependencies again (a cancel for a failed one did not go
+    /// through, or the model was catching up).
+    pub fn recheck(&mut self, id: &Uuid, now: DateTime<Utc>) {
+        if let Some(job) = self.jobs.get(id).cloned() {
+            self.put(job, now);
+        }
+    }
+
+    /// Jobs waiting for dependencies that have not ended (for `explain`-like answers).
+    pub fn blocked_on(&self, id: &Uuid) -> Option<&HashSet<Uuid>> {
+        self.blocked.get(id)
     }
 
     /// The dead-lettered jobs of a tenant.
@@ -275,18 +435,41 @@ impl WriteModel {
     /// cancelled jobs leave the model; dead-lettered ones stay (unplaced) for redrives.
     pub fn put(&mut self, job: Job, now: DateTime<Utc>) -> bool {
         self.unplace(&job.id);
+        self.unblock(&job.id);
         if job.status.is_terminal() {
             self.placed.remove(&job.id);
-            let (id, seq) = (job.id, job.last_event_seq);
+            let (id, seq, status) = (job.id, job.last_event_seq, job.status);
             if job.status == Status::DeadLettered {
                 self.store(id, Some(job));
             } else {
                 self.store(id, None);
-                self.bury(id, seq);
+                self.bury(id, seq, status);
             }
-            return false;
+            return self.wake_dependents(&id, now);
         }
         let id = job.id;
+        if matches!(job.status, Status::Scheduled | Status::Pending) && !job.depends_on.is_empty() {
+            match self.dependencies(&job) {
+                Dependencies::Met => {}
+                Dependencies::Failed => {
+                    if let Some((dep, status)) = self.failed_dependency(&job) {
+                        self.dependency_failed.push((id, dep, status));
+                    }
+                    self.placed.insert(id, Place::Blocked);
+                    self.store(id, Some(job));
+                    return false;
+                }
+                Dependencies::Waiting(deps) => {
+                    for dep in &deps {
+                        self.dependents.entry(*dep).or_default().insert(id);
+                    }
+                    self.blocked.insert(id, deps);
+                    self.placed.insert(id, Place::Blocked);
+                    self.store(id, Some(job));
+                    return false;
+                }
+            }
+        }
         if let (Status::Scheduled | Status::Pending, Some(at)) = (job.status, job.expires_at) {
             self.expiries.push(Reverse((at, id)));
         }
@@ -405,8 +588,17 @@ impl WriteModel {
                     if paused.is_some_and(|p| p.contains(&PauseTarget::JobType(t.clone()))) {
                         continue;
                     }
+                    let key_leased = &self.key_leased;
                     let open = |j: &Job| {
                         paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.clone())))
+                            // A key at its limit waits; the tenant's other jobs are served.
+                            && j.limits.as_ref().is_none_or(|l| {
+                                key_leased
+                                    .get(&(tenant, l.concurrency_key.clone()))
+                                    .copied()
+                                    .unwrap_or(0)
+                                    < l.max_concurrent
+                            })
                     };
                     let found = level.tenants.get(&tenant).and_then(|set| {
                         set.iter()
@@ -492,6 +684,13 @@ impl WriteModel {
             if waiting {
                 due.push(Due::Expired { job_id: id });
             }
+        }
+        for (job_id, dependency, status) in std::mem::take(&mut self.dependency_failed) {
+            due.push(Due::DependencyFailed {
+                job_id,
+                dependency,
+                status,
+            });
         }
         let next = [self.timers.peek(), self.expiries.peek()]
             .into_iter()

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::{Engine, EngineMetrics};
 use crate::store::{EventStore, StoreMetrics};
-use crate::{follower, routes, tls};
+use crate::{follower, routes, scheduler, tls};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -84,6 +84,7 @@ impl Application {
             EngineMetrics::new(&metrics),
             plans,
         );
+        engine.schedules.register(&metrics);
         let state = AppState {
             store,
             engine: engine.clone(),
@@ -134,6 +135,7 @@ impl Application {
         let stop = CancellationToken::new();
         let follower = tokio::spawn(follower::follow(self.engine.clone(), stop.clone()));
         let timers = tokio::spawn(follower::run_timers(self.engine.clone(), stop.clone()));
+        let scheduler = tokio::spawn(scheduler::run(self.engine.clone(), stop.clone()));
         let workers = {
             let stop = stop.clone();
             tokio::spawn(tls::serve(
@@ -149,7 +151,7 @@ impl Application {
         );
         let served =
             common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
-        let _ = tokio::join!(follower, timers, workers);
+        let _ = tokio::join!(follower, timers, scheduler, workers);
         served
     }
 }

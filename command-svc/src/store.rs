@@ -86,6 +86,72 @@ pub struct EventStore {
 }
 
 impl EventStore {
+    /// Appends a job event and a platform event as one atomic batch, each conditional on its
+    /// own subject's last sequence. Returns both stream sequences.
+    #[tracing::instrument(skip_all, fields(event = env.type_name(), job_id = %env.job_id), err)]
+    pub async fn append_with(
+        &self,
+        env: &Envelope,
+        expected_seq: u64,
+        other: &events::platform::PlatformEnvelope,
+        other_expected_seq: u64,
+        traceparent: &str,
+    ) -> Result<(u64, u64), AppendError> {
+        self.check_connected()?;
+        let start = Instant::now();
+        let first = OutboundMessage::new(
+            job_subject(env.tenant_id, env.job_id).into(),
+            env.to_json().into(),
+            Some(event_headers(env, traceparent, Some(expected_seq))),
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(events::stream::EVENT_TYPE_HEADER, other.event.type_name());
+        headers.insert("traceparent", traceparent);
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            other_expected_seq.to_string().as_str(),
+        );
+        let second = OutboundMessage::new(
+            other.event.subject().into(),
+            other.to_json().into(),
+            Some(headers),
+        );
+        let result = async {
+            let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+            batch.add_message(first).await?;
+            batch.commit_message(second).await
+        }
+        .await;
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(ack) if ack.batch_size == 2 => {
+                for name in [env.type_name(), other.event.type_name()] {
+                    self.metrics.appended.with_label_values(&[name]).inc();
+                }
+                Ok((ack.sequence - 1, ack.sequence))
+            }
+            Ok(ack) => Err(AppendError::Other(format!(
+                "the batch ack counts {} messages, not 2",
+                ack.batch_size
+            ))),
+            Err(e) if e.to_string().contains("wrong last sequence") => {
+                self.metrics.conflicts.inc();
+                Err(AppendError::Conflict)
+            }
+            Err(e) => Err(match e.kind() {
+                BatchPublishErrorKind::MaxMessagesExceeded
+                | BatchPublishErrorKind::EmptyBatch
+                | BatchPublishErrorKind::BatchClosed
+                | BatchPublishErrorKind::BatchPublishUnsupportedHeader
+                | BatchPublishErrorKind::BatchPublishDuplicateMsgId
+                | BatchPublishErrorKind::BatchPublishNotEnabled => {
+                    AppendError::Other(e.to_string())
+                }
+                _ => AppendError::Unavailable(e.to_string()),
+            }),
+        }
+    }
+
     pub fn new(client: Client, js: async_nats::jetstream::Context, metrics: StoreMetrics) -> Self {
         Self {
             client,
@@ -266,6 +332,57 @@ impl EventStore {
             // Whatever the event store answered (no responders while a cluster elects a
             // leader, "temporarily unavailable", a timeout): it stored nothing we know of.
             Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+impl EventStore {
+    /// Appends a schedule event, conditional on the schedule's last subject sequence (0 for a
+    /// new schedule). A duplicate (the same event id within JetStream's window: the re-run of
+    /// an idempotent request, whose ids derive from its key) answers the stored sequence.
+    #[tracing::instrument(skip_all, fields(event = env.event.type_name()), err)]
+    pub async fn append_schedule(
+        &self,
+        env: &events::schedule::ScheduleEnvelope,
+        traceparent: &str,
+        expected_seq: u64,
+    ) -> Result<u64, AppendError> {
+        self.check_connected()?;
+        let start = Instant::now();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(events::stream::EVENT_TYPE_HEADER, env.event.type_name());
+        headers.insert("traceparent", traceparent);
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected_seq.to_string().as_str(),
+        );
+        let publish = PublishMessage::build()
+            .payload(env.to_json().into())
+            .headers(headers)
+            .message_id(env.event_id.to_string());
+        let result = async {
+            let ack = self.js.send_publish(env.subject(), publish).await?;
+            ack.await
+        }
+        .await;
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
+        match result {
+            Ok(ack) => {
+                if !ack.duplicate {
+                    self.metrics
+                        .appended
+                        .with_label_values(&[env.event.type_name()])
+                        .inc();
+                }
+                Ok(ack.sequence)
+            }
+            Err(e) => Err(match e.kind() {
+                PublishErrorKind::WrongLastSequence => {
+                    self.metrics.conflicts.inc();
+                    AppendError::Conflict
+                }
+                _ => AppendError::Unavailable(e.to_string()),
+            }),
         }
     }
 }

@@ -54,6 +54,7 @@ pub const ROUTE_ROLES: &[(&str, RouteGroup)] = &[
     ("/jobs/v1/jobs", RouteGroup::Jobs),
     ("/jobs/v1/queues", RouteGroup::Jobs),
     ("/jobs/v1/types", RouteGroup::Jobs),
+    ("/jobs/v1/schedules", RouteGroup::Jobs),
 ];
 
 pub fn route_group(path: &str) -> Option<RouteGroup> {

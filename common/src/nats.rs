@@ -135,13 +135,30 @@ pub async fn ensure_stream(
         .await
         .context("creating the JOBS_EVENTS stream (is JetStream enabled on the server?)")?;
     let info = stream.info().await.context("reading JOBS_EVENTS")?;
-    if !info.config.allow_atomic_publish || !info.config.allow_direct {
+    // A stream made by an older version lacks the subjects added since (e.g. schedules).
+    let missing: Vec<String> = wanted
+        .subjects
+        .iter()
+        .filter(|s| !info.config.subjects.contains(s))
+        .cloned()
+        .collect();
+    let flags = !info.config.allow_atomic_publish || !info.config.allow_direct;
+    if flags || !missing.is_empty() {
         let mut cfg = info.config.clone();
         cfg.allow_atomic_publish = true;
         cfg.allow_direct = true;
-        js.update_stream(cfg)
-            .await
-            .context("enabling atomic publish on JOBS_EVENTS")?;
+        cfg.subjects.extend(missing.iter().cloned());
+        match js.update_stream(cfg).await {
+            Ok(_) => {}
+            // A reader (the projector) may lack the right to change the stream; command-svc
+            // adds the subjects when it starts.
+            Err(e) if !flags => {
+                tracing::warn!(error = %e, ?missing, "JOBS_EVENTS lacks subjects this version writes; not added here")
+            }
+            Err(e) => {
+                return Err(e).context("enabling atomic publish on JOBS_EVENTS");
+            }
+        }
         stream = js
             .get_stream(STREAM_NAME)
             .await

@@ -244,6 +244,7 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
             ("metrics", "The caller's tenant at a glance: jobs by status and type, throughput and latency percentiles."),
             ("quota", "The caller's plan tier, effective limits and usage."),
             ("queues", "The caller's queues and job types: depth, and pausing and resuming them."),
+            ("schedules", "Periodic jobs: a cron expression (in a time zone) or a fixed interval, and the job each firing enqueues; pause, resume, change, delete."),
             ("admin", "Role `admin` only, across tenants: per-tenant limit overrides, the workers registry, draining workers."),
             ("worker", "The worker protocol (lease, heartbeat, complete, fail), served only on the mTLS worker listener."),
             ("auth", "Development login (only when `deploy/up` enables it): tokens signed by the dev key for the seed's test users."),

@@ -48,6 +48,9 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             plan_tier: _,
             expires_at,
             unique,
+            limits,
+            depends_on,
+            on_dependency_failure,
         } = ev
         else {
             return Err(reject(ev, None, "the job has no JobEnqueued event"));
@@ -82,6 +85,9 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             completed_at: None,
             expires_at: *expires_at,
             unique: unique.clone(),
+            limits: limits.clone(),
+            depends_on: depends_on.clone(),
+            on_dependency_failure: *on_dependency_failure,
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.hash()),

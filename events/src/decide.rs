@@ -20,6 +20,8 @@ pub struct UpdateSpec {
     pub queue: Option<String>,
 }
 
+// Enqueue carries the whole job; commands are short-lived values, not stored in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Enqueue(EnqueueSpec),
@@ -140,6 +142,9 @@ pub fn decide(
                 plan_tier: spec.plan_tier.clone(),
                 expires_at: spec.expires_at,
                 unique: spec.unique.clone(),
+                limits: spec.limits.clone(),
+                depends_on: spec.depends_on.clone(),
+                on_dependency_failure: spec.on_dependency_failure,
             }])
         }
         (Some(_), Command::Enqueue(_)) => return Err(Rejection::AlreadyExists),

@@ -17,6 +17,9 @@ pub struct ErrorInfo {
     pub code: Option<String>,
 }
 
+// JobEnqueued carries the whole job; events are decoded one at a time, not kept in bulk
+// (the write model keeps folded `Job`s), so boxing it would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data")]
 pub enum JobEvent {
@@ -42,6 +45,14 @@ pub enum JobEvent {
         /// The uniqueness the job was enqueued with.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unique: Option<crate::job::UniqueSpec>,
+        /// Its concurrency limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<crate::job::ConcurrencyLimit>,
+        /// Jobs that must complete before this one runs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        depends_on: Vec<uuid::Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_dependency_failure: Option<crate::job::DependencyFailure>,
     },
     /// The job's `lease_id` is the stream sequence of this event.
     #[serde(rename = "JobLeased")]

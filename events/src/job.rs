@@ -107,6 +107,26 @@ impl UniqueSpec {
     }
 }
 
+/// At most `max_concurrent` of a tenant's jobs with the same `concurrency_key` are leased at
+/// once (checked at lease time on every instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ConcurrencyLimit {
+    pub concurrency_key: String,
+    pub max_concurrent: u32,
+}
+
+/// What a job does when one of the jobs it depends on ends without completing (dead-lettered,
+/// cancelled or expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyFailure {
+    /// It is cancelled.
+    #[default]
+    Cancel,
+    /// It runs anyway once every dependency has ended.
+    RunAnyway,
+}
+
 /// One failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
@@ -149,6 +169,15 @@ pub struct Job {
     /// The uniqueness it was enqueued with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique: Option<UniqueSpec>,
+    /// Its concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ConcurrencyLimit>,
+    /// Jobs that must complete before this one runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Uuid>,
+    /// What happens when one of them ends without completing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_dependency_failure: Option<DependencyFailure>,
     /// Counts the job's events; the job's ETag.
     pub version: u64,
     /// Stream sequence of the job's last event: the expected last subject sequence of the

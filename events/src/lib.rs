@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod event;
 pub mod job;
 pub mod platform;
+pub mod schedule;
 pub mod stream;
 pub mod validate;
 
@@ -19,4 +20,6 @@ pub use apply::{apply, ApplyError};
 pub use decide::{decide, Command, EnqueueSpec, Rejection};
 pub use envelope::{Actor, ActorKind, Envelope, Recorded, SCHEMA_VERSION};
 pub use event::{ErrorInfo, JobEvent};
-pub use job::{Backoff, Job, JobError, Lease, Status, UniqueSpec};
+pub use job::{
+    Backoff, ConcurrencyLimit, DependencyFailure, Job, JobError, Lease, Status, UniqueSpec,
+};

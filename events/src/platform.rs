@@ -56,6 +56,22 @@ pub enum PlatformEvent {
     JobTypePaused { tenant_id: Uuid, job_type: String },
     #[serde(rename = "JobTypeResumed")]
     JobTypeResumed { tenant_id: Uuid, job_type: String },
+    /// Appended atomically with the `JobLeased` of a job with a concurrency key, on the key's
+    /// own subject and conditional on its last sequence: leases of one key are serialized
+    /// across instances, each decided on a model that has seen every earlier one.
+    #[serde(rename = "ConcurrencySlotTaken")]
+    ConcurrencySlotTaken {
+        tenant_id: Uuid,
+        concurrency_key: String,
+        job_id: Uuid,
+    },
+}
+
+/// The subject of a tenant's concurrency key's slot events.
+pub fn concurrency_subject(tenant_id: Uuid, key: &str) -> String {
+    let h = Sha256::digest(key.as_bytes());
+    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("jobs.tenants.{tenant_id}.limits.{hex}")
 }
 
 /// What a pause applies to: a queue or a job type, of one tenant.
@@ -92,6 +108,7 @@ impl PlatformEvent {
             Self::QueueResumed { .. } => "QueueResumed",
             Self::JobTypePaused { .. } => "JobTypePaused",
             Self::JobTypeResumed { .. } => "JobTypeResumed",
+            Self::ConcurrencySlotTaken { .. } => "ConcurrencySlotTaken",
         }
     }
 
@@ -128,6 +145,11 @@ impl PlatformEvent {
             Self::WorkerDrained { worker_id } | Self::WorkerUndrained { worker_id } => {
                 format!("jobs.workers.{}", worker_token(worker_id))
             }
+            Self::ConcurrencySlotTaken {
+                tenant_id,
+                concurrency_key,
+                ..
+            } => concurrency_subject(*tenant_id, concurrency_key),
         }
     }
 }

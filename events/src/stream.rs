@@ -8,7 +8,12 @@ use uuid::Uuid;
 /// The stream holding every event.
 pub const STREAM_NAME: &str = "JOBS_EVENTS";
 /// Subjects bound to the stream.
-pub const STREAM_SUBJECTS: [&str; 3] = ["jobs.events.>", "jobs.tenants.>", "jobs.workers.>"];
+pub const STREAM_SUBJECTS: [&str; 4] = [
+    "jobs.events.>",
+    "jobs.tenants.>",
+    "jobs.workers.>",
+    "jobs.schedules.>",
+];
 /// The durable consumer the projector reads with.
 pub const PROJECTOR_CONSUMER: &str = "projector";
 /// Header carrying the event type, so readers can filter without decoding the body.

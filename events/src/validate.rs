@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{Backoff, Status, UniqueSpec};
+use crate::job::{Backoff, ConcurrencyLimit, DependencyFailure, Status, UniqueSpec};
 
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_PRIORITY: i64 = 10;
@@ -19,6 +19,7 @@ pub const DEFAULT_TIMEOUT_SECONDS: u32 = 300;
 pub const MAX_TIMEOUT_SECONDS: i64 = 86_400;
 pub const MAX_DELAY_SECONDS: i64 = 366 * 86_400;
 pub const MAX_BACKOFF_SECONDS: i64 = 7 * 86_400;
+pub const MAX_DEPENDENCIES: usize = 100;
 
 /// A problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -109,6 +110,28 @@ pub struct EnqueueRequest {
     /// (200, `deduplicated: true`). Single enqueues only (not in a batch).
     #[serde(default)]
     pub unique: Option<UniqueRequest>,
+    /// At most `max_concurrent` of the tenant's jobs with this `concurrency_key` run at once
+    /// (e.g. per customer, or per job type with the type as the key); other keys are served
+    /// meanwhile.
+    #[serde(default)]
+    pub limits: Option<LimitsRequest>,
+    /// Up to 100 of the tenant's jobs that must complete before this one runs.
+    #[serde(default)]
+    pub depends_on: Option<Vec<uuid::Uuid>>,
+    /// When a dependency ends without completing: `cancel` (default) or `run_anyway`.
+    #[serde(default)]
+    pub on_dependency_failure: Option<DependencyFailure>,
+}
+
+/// `limits` at enqueue.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// Any text (1–255 characters), per tenant.
+    #[schema(min_length = 1, max_length = 255, example = "customer-42")]
+    pub concurrency_key: String,
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub max_concurrent: i64,
 }
 
 /// A checked enqueue: every value in range, defaults filled in.
@@ -127,6 +150,9 @@ pub struct EnqueueSpec {
     pub plan_tier: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub unique: Option<UniqueSpec>,
+    pub limits: Option<ConcurrencyLimit>,
+    pub depends_on: Vec<uuid::Uuid>,
+    pub on_dependency_failure: Option<DependencyFailure>,
 }
 
 /// `type` and `queue`: 1–128 characters of `[A-Za-z0-9._:-]`.
@@ -328,6 +354,45 @@ impl EnqueueRequest {
                 ttl_seconds,
             }
         });
+        let limits = self.limits.map(|l| {
+            let k = l.concurrency_key.chars().count();
+            if k == 0 || k > 255 || l.concurrency_key.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    f("limits.concurrency_key"),
+                    "must be 1-255 characters, none of them control characters",
+                ));
+            }
+            let max = if in_range(
+                &f("limits.max_concurrent"),
+                l.max_concurrent,
+                1,
+                10_000,
+                &mut errors,
+            ) {
+                l.max_concurrent as u32
+            } else {
+                1
+            };
+            ConcurrencyLimit {
+                concurrency_key: l.concurrency_key,
+                max_concurrent: max,
+            }
+        });
+        let mut depends_on = self.depends_on.unwrap_or_default();
+        if depends_on.len() > MAX_DEPENDENCIES {
+            errors.push(FieldError::new(
+                f("depends_on"),
+                format!("must name at most {MAX_DEPENDENCIES} jobs"),
+            ));
+        }
+        depends_on.sort();
+        depends_on.dedup();
+        if self.on_dependency_failure.is_some() && depends_on.is_empty() {
+            errors.push(FieldError::new(
+                f("on_dependency_failure"),
+                "only with depends_on",
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -344,6 +409,11 @@ impl EnqueueRequest {
             plan_tier: None,
             expires_at,
             unique,
+            limits,
+            on_dependency_failure: self
+                .on_dependency_failure
+                .filter(|_| !depends_on.is_empty()),
+            depends_on,
         })
     }
 }

@@ -127,6 +127,20 @@ pub async fn read(
                     subject,
                 },
             }
+        } else if events::schedule::parse_schedule_subject(&subject).is_some() {
+            let s = events::schedule::ScheduleEnvelope::from_json(&m.payload).ok();
+            Item {
+                seq,
+                at: s.as_ref().map(|s| s.at),
+                type_name: s.as_ref().map(|s| s.event.type_name().to_string()),
+                json: s
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()?
+                    .unwrap_or(json!({ "undecodable": true })),
+                event: None,
+                subject,
+            }
         } else {
             let p = PlatformEnvelope::from_json(&m.payload).ok();
             Item {

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod projection;
 pub mod rebuild;
 pub mod rollups;
+pub mod schedules;
 pub mod startup;
 
 pub use config::Config;

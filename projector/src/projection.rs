@@ -162,6 +162,8 @@ async fn apply_platform(
                 .execute(&mut *tx)
                 .await?;
             }
+            // Serializes leases of one concurrency key; the jobs' own events tell the rest.
+            PlatformEvent::ConcurrencySlotTaken { .. } => {}
             PlatformEvent::QueuePaused { .. }
             | PlatformEvent::QueueResumed { .. }
             | PlatformEvent::JobTypePaused { .. }
@@ -319,14 +321,20 @@ pub async fn apply_batch_in(
     }
     let mut recs: Vec<Recorded> = Vec::with_capacity(fresh.len());
     let mut platform: Vec<PlatformEnvelope> = Vec::new();
+    let mut schedules = Vec::new();
     for m in &fresh {
         if let Some(r) = decode(m)? {
             recs.push(r);
         } else if let Some(p) = decode_platform(m)? {
             platform.push(p);
+        } else if let Some(s) = crate::schedules::decode(m)? {
+            schedules.push(s);
         }
     }
     apply_platform(&mut *tx, &platform).await?;
+    // Before the jobs: a firing in this batch finds its schedule's row.
+    crate::schedules::apply(&mut *tx, &schedules).await?;
+    crate::schedules::record_runs(&mut *tx, &recs).await?;
     record_workers(&mut *tx, &recs).await?;
 
     let ids: Vec<Uuid> = recs

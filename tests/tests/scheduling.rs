@@ -481,6 +481,14 @@ async fn unique_fields_are_checked_and_not_taken_in_a_batch() {
             json!({"type": "t", "payload": {}, "unique": {"key": "k", "ttl_seconds": 0}}),
             "unique.ttl_seconds",
         ),
+        (
+            json!({"type": "t", "payload": {}, "limits": {"concurrency_key": "", "max_concurrent": 1}}),
+            "limits.concurrency_key",
+        ),
+        (
+            json!({"type": "t", "payload": {}, "limits": {"concurrency_key": "k", "max_concurrent": 0}}),
+            "limits.max_concurrent",
+        ),
     ] {
         let res = app.enqueue_as(&app.token, &body).await;
         assert_eq!(res.status().as_u16(), 400, "{body}");
@@ -502,4 +510,325 @@ async fn unique_fields_are_checked_and_not_taken_in_a_batch() {
         err["error"]["details"]["fields"][0]["field"],
         "jobs[0].unique"
     );
+}
+
+/// The most jobs of each concurrency key ever leased at once, replaying the stream in order.
+fn max_concurrent_by_key(
+    events: &[events::Recorded],
+    key_of: &std::collections::HashMap<uuid::Uuid, String>,
+) -> std::collections::HashMap<String, u32> {
+    use events::JobEvent as E;
+    let mut now: std::collections::HashMap<String, u32> = Default::default();
+    let mut max: std::collections::HashMap<String, u32> = Default::default();
+    for rec in events {
+        let Some(key) = key_of.get(&rec.envelope.job_id) else {
+            continue;
+        };
+        let n = now.entry(key.clone()).or_default();
+        match &rec.envelope.event {
+            E::Leased { .. } => *n += 1,
+            E::Completed { .. }
+            | E::Failed { .. }
+            | E::LeaseExpired { .. }
+            | E::DeadLettered {
+                lease_id: Some(_), ..
+            } => *n -= 1,
+            _ => {}
+        }
+        let m = max.entry(key.clone()).or_default();
+        *m = (*m).max(*n);
+    }
+    max
+}
+
+#[tokio::test]
+async fn a_concurrency_key_caps_its_leases_across_instances_and_other_keys_are_served() {
+    let app = TestApp::spawn().await;
+    let second = tests::start_command(&app.nats.url(), &app.keys)
+        .await
+        .expect("second command-svc starts");
+    let url = format!("{}/readyz", second.url());
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "second instance ready",
+        || {
+            let (http, url) = (app.http.clone(), url.clone());
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // 24 jobs of one busy customer (at most 2 at once), 6 of another (at most 3), 6 unkeyed.
+    let mut key_of = std::collections::HashMap::new();
+    let mut jobs = Vec::new();
+    for (key, max, n) in [("customer-42", 2, 24), ("customer-7", 3, 6)] {
+        for i in 0..n {
+            jobs.push((Some(key), json!({"type": "sync", "payload": {"i": i}, "limits": {"concurrency_key": key, "max_concurrent": max}})));
+        }
+    }
+    for i in 0..6 {
+        jobs.push((None, json!({"type": "sync", "payload": {"free": i}})));
+    }
+    let total = jobs.len();
+    for (key, body) in jobs {
+        let (job, _) = app.enqueue(&body).await;
+        if let Some(k) = key {
+            assert_eq!(job["limits"]["concurrency_key"], k);
+            key_of.insert(
+                job["id"]
+                    .as_str()
+                    .expect("id")
+                    .parse::<uuid::Uuid>()
+                    .expect("uuid"),
+                k.to_string(),
+            );
+        }
+    }
+    // 16 workers, half on each instance, each holding one job for a moment.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ports = [app.command.worker_port, second.worker_port];
+    let workers = (0..16).map(|w| {
+        let pem = tests::Tls::get().worker_pem(&format!("cw-{w}"));
+        let worker = tests::Worker::new(ports[w % 2], &pem, &format!("cw-{w}"));
+        let done = done.clone();
+        tokio::spawn(async move {
+            while done.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let jobs = worker
+                    .lease(&json!({"types": ["sync"], "max_jobs": 1, "wait_seconds": 1}))
+                    .await;
+                for job in jobs {
+                    // The work itself: long enough for leases to overlap.
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    let (status, body) = worker.complete(&job).await;
+                    assert_eq!(status, 200, "{body}");
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    });
+    let workers: Vec<_> = workers.collect();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        futures::future::join_all(workers),
+    )
+    .await
+    .expect("every job runs")
+    .into_iter()
+    .for_each(|r| r.expect("worker"));
+
+    let events = tests::all_events(&app.nats.url()).await;
+    let max = max_concurrent_by_key(&events, &key_of);
+    assert!(max["customer-42"] <= 2, "{max:?}");
+    assert!(max["customer-7"] <= 3, "{max:?}");
+    assert_eq!(
+        max["customer-42"], 2,
+        "the limit is reached, not undershot: {max:?}"
+    );
+    // No head-of-line blocking: the other customer's jobs all ran before the busy one's last.
+    let leased_at = |key: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|r| matches!(r.envelope.event, events::JobEvent::Leased { .. }))
+            .filter(|r| key_of.get(&r.envelope.job_id).is_some_and(|k| k == key))
+            .map(|r| r.seq)
+            .collect()
+    };
+    let busy_last = leased_at("customer-42").into_iter().max().expect("leased");
+    let other_last = leased_at("customer-7").into_iter().max().expect("leased");
+    assert!(
+        other_last < busy_last,
+        "customer-7 waited behind customer-42"
+    );
+    tests::assert_invariants(&app.nats.url(), &app.db.url, &[]).await;
+    second.stop().await;
+}
+
+async fn ready_instance(app: &TestApp) -> tests::Running {
+    let second = tests::start_command(&app.nats.url(), &app.keys)
+        .await
+        .expect("second command-svc starts");
+    let url = format!("{}/readyz", second.url());
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "second instance ready",
+        || {
+            let (http, url) = (app.http.clone(), url.clone());
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .ok()?
+                    .status()
+                    .is_success()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    second
+}
+
+#[tokio::test]
+async fn a_job_waits_for_its_dependencies_on_every_instance_and_runs_when_they_complete() {
+    let app = TestApp::spawn().await;
+    let (a, _) = app
+        .enqueue(&json!({"type": "step", "payload": {"n": 1}}))
+        .await;
+    let (b, _) = app
+        .enqueue(&json!({"type": "step", "payload": {"n": 2}}))
+        .await;
+    let (c, seq) = app
+        .enqueue(&json!({"type": "final", "payload": {}, "depends_on": [a["id"], b["id"]]}))
+        .await;
+    assert_eq!(c["depends_on"].as_array().map(Vec::len), Some(2), "{c}");
+    let worker = app.worker("dep-worker");
+    let none = worker.lease(&json!({"types": ["final"]})).await;
+    assert!(none.is_empty(), "ran before its dependencies: {none:?}");
+    let id = c["id"].as_str().expect("id");
+    let (_, explain) = app.get(&format!("/jobs/v1/jobs/{id}/explain"), seq).await;
+    let reason = explain["data"]["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .find(|r| r["code"] == "DEPENDENCIES_PENDING")
+        .cloned()
+        .unwrap_or_else(|| panic!("{explain}"));
+    assert_eq!(
+        reason["details"]["waiting_for"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // One done: still waiting, also on an instance started now (it replays the stream).
+    let first = worker.lease(&json!({"types": ["step"]})).await;
+    assert_eq!(first[0]["id"], a["id"]);
+    worker.complete(&first[0]).await;
+    let second = ready_instance(&app).await;
+    let pem = tests::Tls::get().worker_pem("dep-worker-2");
+    let other = tests::Worker::new(second.worker_port, &pem, "dep-worker-2");
+    let none = other.lease(&json!({"types": ["final"]})).await;
+    assert!(none.is_empty(), "ran with one dependency left: {none:?}");
+
+    // Both done: the dependent runs, here as there.
+    let next = worker.lease(&json!({"types": ["step"]})).await;
+    assert_eq!(next[0]["id"], b["id"]);
+    let waiting = tokio::spawn(async move {
+        other
+            .lease(&json!({"types": ["final"], "wait_seconds": 15}))
+            .await
+    });
+    worker.complete(&next[0]).await;
+    let leased = tokio::time::timeout(std::time::Duration::from_secs(20), waiting)
+        .await
+        .expect("leased in time")
+        .expect("join");
+    assert_eq!(ids(&leased), ids(&[c]));
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_dependency_cancels_the_job_or_lets_it_run_as_asked() {
+    let app = TestApp::spawn().await;
+    let (dep, _) = app.enqueue(&json!({"type": "risky", "payload": {}})).await;
+    let (cancelled, _) = app
+        .enqueue(&json!({"type": "after", "payload": {}, "depends_on": [dep["id"]]}))
+        .await;
+    let (anyway, _) = app
+        .enqueue(&json!({"type": "after", "payload": {}, "depends_on": [dep["id"]], "on_dependency_failure": "run_anyway"}))
+        .await;
+    let worker = app.worker("failing-dep-worker");
+    let leased = worker.lease(&json!({"types": ["risky"]})).await;
+    let (status, dead) = worker.fail(&leased[0], false).await;
+    assert_eq!(status, 200);
+    assert_eq!(dead["data"]["status"], "dead_lettered");
+
+    // run_anyway: leased; cancel: cancelled by the service, saying why.
+    let runs = worker
+        .lease(&json!({"types": ["after"], "max_jobs": 10, "wait_seconds": 10}))
+        .await;
+    assert_eq!(ids(&runs), ids(&[anyway]));
+    let id = cancelled["id"].as_str().expect("id").to_string();
+    let job = tests::eventually(
+        std::time::Duration::from_secs(15),
+        "the dependent is cancelled",
+        || {
+            let (app, id) = (&app, id.clone());
+            async move {
+                let (_, body) = app.get(&format!("/jobs/v1/jobs/{id}"), 0).await;
+                (body["data"]["status"] == "cancelled").then_some(body["data"].clone())
+            }
+        },
+    )
+    .await;
+    assert_eq!(job["attempts"], 0);
+    let (_, history) = app.get(&format!("/jobs/v1/jobs/{id}/events"), 0).await;
+    let last = history["data"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("events");
+    assert_eq!(last["type"], "JobCancelled");
+    assert_eq!(last["actor"]["kind"], "system");
+    assert!(
+        last["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("dead_lettered")),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn dependencies_are_checked_at_enqueue() {
+    let app = TestApp::spawn().await;
+    let worker = app.worker("dep-check-worker");
+    // A dependency that already completed is nothing to wait for.
+    let (done, _) = app.enqueue(&json!({"type": "pre", "payload": {}})).await;
+    let leased = worker.lease(&json!({"types": ["pre"]})).await;
+    worker.complete(&leased[0]).await;
+    let (free, _) = app
+        .enqueue(&json!({"type": "post", "payload": {}, "depends_on": [done["id"]]}))
+        .await;
+    assert!(free.get("depends_on").is_none(), "{free}");
+    let runs = worker.lease(&json!({"types": ["post"]})).await;
+    assert_eq!(ids(&runs), ids(&[free]));
+    // One that already failed can never be met under `cancel`.
+    let (dead, _) = app.enqueue(&json!({"type": "pre", "payload": {}})).await;
+    let leased = worker.lease(&json!({"types": ["pre"]})).await;
+    worker.fail(&leased[0], false).await;
+    let stranger = app
+        .enqueue_as(
+            &app.keys.token(uuid::Uuid::new_v4(), &["member"]),
+            &json!({"type": "x", "payload": {}}),
+        )
+        .await;
+    let strangers: Value = stranger.json().await.expect("json");
+    for (body, needle) in [
+        (
+            json!({"type": "post", "payload": {}, "depends_on": [dead["id"]]}),
+            "already ended dead_lettered",
+        ),
+        (
+            json!({"type": "post", "payload": {}, "depends_on": [uuid::Uuid::new_v4()]}),
+            "no such job",
+        ),
+        (
+            json!({"type": "post", "payload": {}, "depends_on": [strangers["data"]["id"]]}),
+            "no such job",
+        ),
+        (
+            json!({"type": "post", "payload": {}, "on_dependency_failure": "cancel"}),
+            "only with depends_on",
+        ),
+    ] {
+        let res = app.enqueue_as(&app.token, &body).await;
+        assert_eq!(res.status().as_u16(), 400, "{body}");
+        let err: Value = res.json().await.expect("json");
+        assert!(err.to_string().contains(needle), "{body} → {err}");
+    }
 }

@@ -112,6 +112,51 @@ fn new_job(
     })
 }
 
+/// Checks a new job's dependencies: each must be one of the tenant's jobs. Those already
+/// completed are dropped (nothing to wait for); one that already ended otherwise makes the job
+/// unable to run under the `cancel` policy, which is refused (under `run_anyway` it is dropped).
+async fn check_dependencies(
+    state: &AppState,
+    env: &mut Envelope,
+    prefix: &str,
+    errors: &mut Vec<FieldError>,
+) -> ApiResult<()> {
+    let events::JobEvent::Enqueued {
+        depends_on,
+        on_dependency_failure,
+        ..
+    } = &mut env.event
+    else {
+        return Ok(());
+    };
+    let run_anyway = *on_dependency_failure == Some(events::DependencyFailure::RunAnyway);
+    let mut waiting = Vec::with_capacity(depends_on.len());
+    for dep in depends_on.iter() {
+        let field = format!("{prefix}depends_on");
+        match state.engine.current(Some(env.tenant_id), *dep).await? {
+            None => errors.push(FieldError::new(field, format!("no such job: {dep}"))),
+            Some(j) if j.status == events::Status::Completed => {}
+            Some(j) if j.status.is_terminal() => {
+                if !run_anyway {
+                    errors.push(FieldError::new(
+                        field,
+                        format!(
+                            "job {dep} already ended {}: this job could never run (use on_dependency_failure run_anyway)",
+                            j.status.as_str()
+                        ),
+                    ));
+                }
+            }
+            Some(_) => waiting.push(*dep),
+        }
+    }
+    if waiting.is_empty() {
+        *on_dependency_failure = None;
+    }
+    *depends_on = waiting;
+    Ok(())
+}
+
 /// The tenant's active-jobs quota and enqueue rate, for `n` new jobs. Nothing is appended when
 /// either says no.
 fn admit(state: &AppState, user: &AuthUser, limits: &Limits, n: u64) -> ApiResult<()> {
@@ -189,7 +234,12 @@ async fn enqueue(
     let now = common::now();
     let (tier, limits) = tenancy(&state, &user);
     let max = (limits.max_payload_bytes as usize).min(state.max_payload_bytes);
-    let env = new_job(&user, req, "", now, (&tier, max)).map_err(|e| reject(e, max))?;
+    let mut env = new_job(&user, req, "", now, (&tier, max)).map_err(|e| reject(e, max))?;
+    let mut errors = Vec::new();
+    check_dependencies(&state, &mut env, "", &mut errors).await?;
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     admit(&state, &user, &limits, 1)?;
     let unique = match &env.event {
         events::JobEvent::Enqueued { unique, .. } => unique.clone(),
@@ -298,6 +348,12 @@ async fn enqueue_batch(
     }
     if !errors.is_empty() {
         return Err(reject(errors, max));
+    }
+    for (i, env) in envs.iter_mut().enumerate() {
+        check_dependencies(&state, env, &format!("jobs[{i}]."), &mut errors).await?;
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
     }
     admit(&state, &user, &limits, n as u64)?;
     let traceparent = common::context::current().child_traceparent();

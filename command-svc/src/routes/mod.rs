@@ -7,6 +7,7 @@ mod enqueue;
 mod health;
 mod jobs;
 mod queues;
+mod schedules;
 mod worker;
 
 use axum::Router;
@@ -26,6 +27,7 @@ fn documented(config: Option<&Config>) -> OpenApiRouter<AppState> {
         .merge(dlq::router())
         .merge(admin::router())
         .merge(queues::router())
+        .merge(schedules::router())
 }
 
 /// The OpenAPI operations of command-svc: its public routes and the worker protocol.

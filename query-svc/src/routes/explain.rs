@@ -29,6 +29,37 @@ fn reason(code: &str, message: String, details: Value) -> Value {
     json!({ "code": code, "message": message, "details": details })
 }
 
+/// `DEPENDENCIES_PENDING` while jobs it depends on have not completed.
+async fn dependency_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResult<Vec<Value>> {
+    if job.depends_on.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM jobs WHERE tenant_id = $1 AND id = ANY($2) AND status <> 'completed' ORDER BY id",
+    )
+    .bind(tenant)
+    .bind(&job.depends_on)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db_error)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let waiting: Vec<Value> = rows
+        .iter()
+        .map(|(id, status)| json!({ "id": id, "status": status }))
+        .collect();
+    Ok(vec![reason(
+        "DEPENDENCIES_PENDING",
+        format!(
+            "{} of the {} jobs it depends on have not completed",
+            rows.len(),
+            job.depends_on.len()
+        ),
+        json!({ "waiting_for": waiting, "on_dependency_failure": job.on_dependency_failure.unwrap_or_default() }),
+    )])
+}
+
 /// `QUEUE_PAUSED` / `JOB_TYPE_PAUSED` when the tenant paused the job's queue or type.
 async fn paused_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResult<Vec<Value>> {
     let rows: Vec<(String, String, DateTime<Utc>, Value)> = sqlx::query_as(
@@ -63,7 +94,7 @@ async fn paused_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResul
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 struct Reason {
-    /// `SCHEDULED`, `RETRY_BACKOFF`, `QUEUE_PAUSED`, `JOB_TYPE_PAUSED`, `EXPIRED`, `JOBS_AHEAD`,
+    /// `SCHEDULED`, `RETRY_BACKOFF`, `DEPENDENCIES_PENDING`, `QUEUE_PAUSED`, `JOB_TYPE_PAUSED`, `EXPIRED`, `JOBS_AHEAD`,
     /// `TENANT_LEASE_LIMIT`, `NO_WORKER_SEEN`,
     /// `LEASED`, `CANCEL_REQUESTED`, `FINISHED`, `DEAD_LETTERED`, …
     code: String,
@@ -153,9 +184,11 @@ async fn explain(
                 message.into(),
                 json!({ "run_at": job.run_at, "seconds_until": (job.run_at - now).num_seconds().max(0) }),
             ));
+            reasons.extend(dependency_reasons(&s, user.tenant_id(), &job).await?);
             reasons.extend(paused_reasons(&s, user.tenant_id(), &job).await?);
         }
         Status::Pending => {
+            reasons.extend(dependency_reasons(&s, user.tenant_id(), &job).await?);
             reasons.extend(paused_reasons(&s, user.tenant_id(), &job).await?);
             let (ahead, higher): (i64, i64) = sqlx::query_as(
                 "SELECT count(*), count(*) FILTER (WHERE priority > $4) FROM jobs

@@ -9,6 +9,7 @@ mod jobs;
 pub mod metrics;
 mod queues;
 pub mod quota;
+mod schedules;
 
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,6 +26,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(metrics::router())
         .merge(admin::router())
         .merge(queues::router())
+        .merge(schedules::router())
 }
 
 pub fn router(state: AppState) -> Router {
