@@ -222,14 +222,14 @@ impl Engine {
         limit: &events::ConcurrencyLimit,
     ) -> Result<Job, AppendError> {
         let key = &limit.concurrency_key;
-        let (leased, key_seq) = {
+        let (open, key_seq) = {
             let m = self.model();
             (
-                m.key_leased(job.tenant_id, key),
+                m.key_open(job.tenant_id, limit, at),
                 m.key_seq(job.tenant_id, key),
             )
         };
-        if leased >= limit.max_concurrent || events.len() != 1 {
+        if !open || events.len() != 1 {
             return Err(AppendError::Conflict);
         }
         let env = Self::envelope(job, events.remove(0), actor, at);
@@ -477,7 +477,7 @@ impl Engine {
                         .effective(m.tiers.get(&t).map(String::as_str), m.overrides.get(&t))
                         .max_concurrent_leases
                 };
-                let Some(job) = self.model().take(types, queues, limit) else {
+                let Some(job) = self.model().take_at(types, queues, limit, common::now()) else {
                     break;
                 };
                 taken.ids.push(job.id);
@@ -519,7 +519,17 @@ impl Engine {
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // A key held back by its rate opens at a known instant: look again then.
+            let wake = self
+                .model()
+                .rate_opens_at
+                .take()
+                .and_then(|at| (at - common::now()).to_std().ok())
+                .map(|d| (tokio::time::Instant::now() + d).min(deadline))
+                .unwrap_or(deadline);
+            if tokio::time::timeout_at(wake, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return Ok(leased);
             }
         }

@@ -16,6 +16,50 @@ use events::platform::{LimitOverrides, PauseTarget, PlatformEvent};
 use events::{apply, ApplyError, Job, Recorded, Status};
 use uuid::Uuid;
 
+type KeyLeased = HashMap<(Uuid, String), u32>;
+type KeyStarts = HashMap<(Uuid, String), VecDeque<DateTime<Utc>>>;
+
+/// Whether a lease of a job with `limit` may start at `now`.
+fn key_open(
+    leased: &KeyLeased,
+    starts: &KeyStarts,
+    tenant: Uuid,
+    limit: &events::ConcurrencyLimit,
+    now: DateTime<Utc>,
+) -> bool {
+    let key = (tenant, limit.concurrency_key.clone());
+    let n = leased.get(&key).copied().unwrap_or(0);
+    if limit.max_concurrent.is_some_and(|m| n >= m) {
+        return false;
+    }
+    match limit.max_per_second {
+        Some(rate) => {
+            let window = now - chrono::Duration::seconds(1);
+            let recent = starts
+                .get(&key)
+                .map_or(0, |s| s.iter().filter(|t| **t > window).count());
+            recent < rate as usize
+        }
+        None => true,
+    }
+}
+
+/// When a key held back by its rate opens again: a second after the oldest start of the last
+/// second.
+fn rate_opens(
+    starts: &KeyStarts,
+    tenant: Uuid,
+    limit: &events::ConcurrencyLimit,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let window = now - chrono::Duration::seconds(1);
+    starts
+        .get(&(tenant, limit.concurrency_key.clone()))?
+        .iter()
+        .find(|t| **t > window)
+        .map(|t| *t + chrono::Duration::seconds(1))
+}
+
 /// FIFO key within one tenant at one priority.
 type Key = (DateTime<Utc>, DateTime<Utc>, Uuid);
 
@@ -102,9 +146,13 @@ pub struct WriteModel {
     /// Each tenant's paused queues and job types: their jobs are not leased.
     pub paused: HashMap<Uuid, HashSet<PauseTarget>>,
     /// Leased jobs per (tenant, concurrency key).
-    key_leased: HashMap<(Uuid, String), u32>,
+    key_leased: KeyLeased,
     /// The last stream sequence of each (tenant, concurrency key)'s slot subject.
     key_seq: HashMap<(Uuid, String), u64>,
+    /// Recent lease starts per (tenant, concurrency key) with a rate limit (last second).
+    key_starts: KeyStarts,
+    /// When a key skipped for its rate opens again (the earliest), for waiting lessees.
+    pub rate_opens_at: Option<DateTime<Utc>>,
     /// The last stream sequence this model reflects.
     pub position: u64,
 }
@@ -157,6 +205,29 @@ impl WriteModel {
                 c.leased += new.2;
                 if let Some(k) = keyed(&j) {
                     *self.key_leased.entry(k).or_default() += 1;
+                }
+                let started = j.lease.as_ref().filter(|l| {
+                    self.jobs
+                        .get(&id)
+                        .and_then(|o| o.lease.as_ref())
+                        .map(|o| o.lease_id)
+                        != Some(l.lease_id)
+                });
+                if let (Some(l), Some(limit)) = (started, j.limits.as_ref()) {
+                    if limit.max_per_second.is_some() {
+                        let starts = self
+                            .key_starts
+                            .entry((j.tenant_id, limit.concurrency_key.clone()))
+                            .or_default();
+                        starts.push_back(l.leased_at);
+                        // Only the last second matters; keep the deque short.
+                        while starts
+                            .front()
+                            .is_some_and(|t| *t < l.leased_at - chrono::Duration::seconds(1))
+                        {
+                            starts.pop_front();
+                        }
+                    }
                 }
                 self.jobs.insert(id, j)
             }
@@ -224,6 +295,17 @@ impl WriteModel {
             .get(&(tenant, key.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Whether a lease of a job with `limit` may start at `now` (leased count and the last
+    /// second's starts under the limits).
+    pub fn key_open(
+        &self,
+        tenant: Uuid,
+        limit: &events::ConcurrencyLimit,
+        now: DateTime<Utc>,
+    ) -> bool {
+        key_open(&self.key_leased, &self.key_starts, tenant, limit, now)
     }
 
     /// The last sequence of the key's slot subject this model has seen (0: none).
@@ -558,6 +640,18 @@ impl WriteModel {
         queues: Option<&[String]>,
         lease_limit: impl Fn(&Self, Uuid) -> u64,
     ) -> Option<Job> {
+        self.take_at(types, queues, lease_limit, Utc::now())
+    }
+
+    /// `take` at `now` (the instant rate limits are judged at).
+    pub fn take_at(
+        &mut self,
+        types: &[String],
+        queues: Option<&[String]>,
+        lease_limit: impl Fn(&Self, Uuid) -> u64,
+        now: DateTime<Utc>,
+    ) -> Option<Job> {
+        let mut opens: Option<DateTime<Utc>> = None;
         let accepts = |j: &Job| queues.is_none_or(|qs| qs.contains(&j.queue));
         // Tenants at their concurrent-lease limit wait; the others are served.
         let full: HashSet<Uuid> = self
@@ -588,16 +682,18 @@ impl WriteModel {
                     if paused.is_some_and(|p| p.contains(&PauseTarget::JobType(t.clone()))) {
                         continue;
                     }
-                    let key_leased = &self.key_leased;
-                    let open = |j: &Job| {
+                    let (key_leased, key_starts) = (&self.key_leased, &self.key_starts);
+                    let mut open = |j: &Job| {
                         paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.clone())))
                             // A key at its limit waits; the tenant's other jobs are served.
                             && j.limits.as_ref().is_none_or(|l| {
-                                key_leased
-                                    .get(&(tenant, l.concurrency_key.clone()))
-                                    .copied()
-                                    .unwrap_or(0)
-                                    < l.max_concurrent
+                                let ok = key_open(key_leased, key_starts, tenant, l, now);
+                                if !ok {
+                                    if let Some(at) = rate_opens(key_starts, tenant, l, now) {
+                                        opens = Some(opens.map_or(at, |o| o.min(at)));
+                                    }
+                                }
+                                ok
                             })
                     };
                     let found = level.tenants.get(&tenant).and_then(|set| {
@@ -613,6 +709,7 @@ impl WriteModel {
                 }
             }
         }
+        self.rate_opens_at = opens;
         None
     }
 

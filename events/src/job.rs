@@ -107,12 +107,16 @@ impl UniqueSpec {
     }
 }
 
-/// At most `max_concurrent` of a tenant's jobs with the same `concurrency_key` are leased at
-/// once (checked at lease time on every instance).
+/// Limits on a tenant's jobs with the same `concurrency_key`, checked at lease time on every
+/// instance: at most `max_concurrent` leased at once, at most `max_per_second` leases started
+/// in any second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConcurrencyLimit {
     pub concurrency_key: String,
-    pub max_concurrent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_second: Option<u32>,
 }
 
 /// What a job does when one of the jobs it depends on ends without completing (dead-lettered,

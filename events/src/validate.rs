@@ -110,9 +110,9 @@ pub struct EnqueueRequest {
     /// (200, `deduplicated: true`). Single enqueues only (not in a batch).
     #[serde(default)]
     pub unique: Option<UniqueRequest>,
-    /// At most `max_concurrent` of the tenant's jobs with this `concurrency_key` run at once
-    /// (e.g. per customer, or per job type with the type as the key); other keys are served
-    /// meanwhile.
+    /// At most `max_concurrent` of the tenant's jobs with this `concurrency_key` run at once,
+    /// and at most `max_per_second` start in any second (e.g. per customer, or per job type with
+    /// the type as the key); other keys are served meanwhile.
     #[serde(default)]
     pub limits: Option<LimitsRequest>,
     /// Up to 100 of the tenant's jobs that must complete before this one runs.
@@ -130,8 +130,14 @@ pub struct LimitsRequest {
     /// Any text (1–255 characters), per tenant.
     #[schema(min_length = 1, max_length = 255, example = "customer-42")]
     pub concurrency_key: String,
+    /// At most this many leased at once.
+    #[serde(default)]
     #[schema(minimum = 1, maximum = 10_000)]
-    pub max_concurrent: i64,
+    pub max_concurrent: Option<i64>,
+    /// At most this many leases started in any one second (a sliding window).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub max_per_second: Option<i64>,
 }
 
 /// A checked enqueue: every value in range, defaults filled in.
@@ -362,20 +368,22 @@ impl EnqueueRequest {
                     "must be 1-255 characters, none of them control characters",
                 ));
             }
-            let max = if in_range(
-                &f("limits.max_concurrent"),
-                l.max_concurrent,
-                1,
-                10_000,
-                &mut errors,
-            ) {
-                l.max_concurrent as u32
-            } else {
-                1
+            let mut bounded = |field: &str, v: Option<i64>| {
+                v.filter(|v| in_range(&f(field), *v, 1, 10_000, &mut errors))
+                    .map(|v| v as u32)
             };
+            let max_concurrent = bounded("limits.max_concurrent", l.max_concurrent);
+            let max_per_second = bounded("limits.max_per_second", l.max_per_second);
+            if l.max_concurrent.is_none() && l.max_per_second.is_none() {
+                errors.push(FieldError::new(
+                    f("limits"),
+                    "give max_concurrent, max_per_second or both",
+                ));
+            }
             ConcurrencyLimit {
                 concurrency_key: l.concurrency_key,
-                max_concurrent: max,
+                max_concurrent,
+                max_per_second,
             }
         });
         let mut depends_on = self.depends_on.unwrap_or_default();

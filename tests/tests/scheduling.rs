@@ -489,6 +489,10 @@ async fn unique_fields_are_checked_and_not_taken_in_a_batch() {
             json!({"type": "t", "payload": {}, "limits": {"concurrency_key": "k", "max_concurrent": 0}}),
             "limits.max_concurrent",
         ),
+        (
+            json!({"type": "t", "payload": {}, "limits": {"concurrency_key": "k"}}),
+            "limits",
+        ),
     ] {
         let res = app.enqueue_as(&app.token, &body).await;
         assert_eq!(res.status().as_u16(), 400, "{body}");
@@ -830,5 +834,60 @@ async fn dependencies_are_checked_at_enqueue() {
         assert_eq!(res.status().as_u16(), 400, "{body}");
         let err: Value = res.json().await.expect("json");
         assert!(err.to_string().contains(needle), "{body} → {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_per_key_spaces_its_leases_and_other_jobs_are_served_at_once() {
+    let app = TestApp::spawn().await;
+    let mut keyed = std::collections::HashSet::new();
+    for i in 0..6 {
+        let (job, _) = app
+            .enqueue(&json!({"type": "call", "payload": {"i": i}, "limits": {"concurrency_key": "partner-api", "max_per_second": 2}}))
+            .await;
+        assert_eq!(job["limits"]["max_per_second"], 2);
+        keyed.insert(
+            job["id"]
+                .as_str()
+                .expect("id")
+                .parse::<uuid::Uuid>()
+                .expect("uuid"),
+        );
+    }
+    let (free, _) = app.enqueue(&json!({"type": "call", "payload": {}})).await;
+    let worker = app.worker("rate-worker");
+    let first = worker
+        .lease(&json!({"types": ["call"], "max_jobs": 10}))
+        .await;
+    assert_eq!(first.len(), 3, "two of the key and the free one: {first:?}");
+    assert!(first.iter().any(|j| j["id"] == free["id"]));
+    // The rest come as the window slides, to a worker that keeps asking (long polls).
+    let mut got = first.len();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got < 7 && tokio::time::Instant::now() < deadline {
+        got += worker
+            .lease(&json!({"types": ["call"], "max_jobs": 10, "wait_seconds": 5}))
+            .await
+            .len();
+    }
+    assert_eq!(got, 7, "every job leased");
+    // From the stream: never more than 2 leases of the key within one second.
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = tests::all_events(&app.nats.url())
+        .await
+        .into_iter()
+        .filter(|r| matches!(r.envelope.event, events::JobEvent::Leased { .. }))
+        .filter(|r| keyed.contains(&r.envelope.job_id))
+        .map(|r| r.envelope.at)
+        .collect();
+    assert_eq!(starts.len(), 6);
+    for (i, t) in starts.iter().enumerate() {
+        let in_window = starts[i..]
+            .iter()
+            .filter(|u| **u < *t + chrono::Duration::seconds(1))
+            .count();
+        assert!(
+            in_window <= 2,
+            "{in_window} leases within a second from {t}: {starts:?}"
+        );
     }
 }
