@@ -78,40 +78,42 @@ async fn a_projector_killed_mid_stream_loses_and_duplicates_nothing() {
     let pool = app.pool().await;
     let mut projector = Bin::spawn("projector", &projector_env(&app)).unwrap();
 
-    let writers: Vec<_> = (0..5)
-        .map(|w| {
-            let (http, url, token) = (app.http.clone(), app.command.url(), app.token.clone());
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..100 {
-                    let res = http
-                        .post(format!("{url}/jobs/v1/enqueue"))
-                        .bearer_auth(&token)
-                        .json(&email_job(w * 100 + i))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(res.status(), 201);
-                    let body: Value = res.json().await.unwrap();
-                    ids.push(body["data"]["id"].as_str().unwrap().to_string());
-                }
-                ids
-            })
+    // Five writers, 100 jobs each: the first 50 of each before the kill, the rest after it
+    // (so the kill is mid-stream however fast the projector is).
+    let write = |w: usize, range: std::ops::Range<usize>| {
+        let (http, url, token) = (app.http.clone(), app.command.url(), app.token.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in range {
+                let res = http
+                    .post(format!("{url}/jobs/v1/enqueue"))
+                    .bearer_auth(&token)
+                    .json(&email_job(w * 100 + i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+                let body: Value = res.json().await.unwrap();
+                ids.push(body["data"]["id"].as_str().unwrap().to_string());
+            }
+            ids
         })
-        .collect();
+    };
+    let first: Vec<_> = (0..5).map(|w| write(w, 0..50)).collect();
 
-    // Kill it once it has applied some of the jobs, while the rest are still arriving.
+    // Kill it once it has applied some of the jobs, while more are still arriving.
     eventually(
         Duration::from_secs(30),
         "the projector to apply some jobs",
         || async { (count(&pool, "SELECT count(*) FROM jobs").await >= 50).then_some(()) },
     )
     .await;
+    let second: Vec<_> = (0..5).map(|w| write(w, 50..100)).collect();
     projector.kill9();
     let at_kill = count(&pool, "SELECT count(*) FROM jobs").await;
 
     let mut ids = Vec::new();
-    for w in writers {
+    for w in first.into_iter().chain(second) {
         ids.extend(w.await.unwrap());
     }
     assert_eq!(ids.len(), 500);
