@@ -22,12 +22,45 @@ use uuid::Uuid;
 pub struct Report {
     pub events: usize,
     pub jobs: usize,
+    /// Each violation as a sentence: `problems[i]` is `violations[i].detail`.
     pub problems: Vec<String>,
+    /// Each violation, structured (`jobsctl check --json`).
+    pub violations: Vec<Violation>,
+}
+
+/// One broken promise: what kind, where, and the sentence that says it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// A stable name: `undecodable`, `wrong_subject`, `completed_twice`, `overlapping_lease`,
+    /// `too_many_attempts`, `does_not_fold`, `acknowledged_not_in_stream`,
+    /// `read_model_behind`, `read_model_differs`, `read_model_extra` or `read_model_missing`.
+    pub problem: &'static str,
+    pub job_id: Option<Uuid>,
+    /// The stream sequence of the event at fault, when one is.
+    pub seq: Option<u64>,
+    pub detail: String,
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Records a violation in both forms.
+    fn violation(
+        &mut self,
+        problem: &'static str,
+        job_id: Option<Uuid>,
+        seq: Option<u64>,
+        detail: String,
+    ) {
+        self.problems.push(detail.clone());
+        self.violations.push(Violation {
+            problem,
+            job_id,
+            seq,
+            detail,
+        });
     }
 }
 
@@ -109,18 +142,27 @@ pub async fn check(
         let env = match env {
             Ok(e) => e,
             Err(e) => {
-                report
-                    .problems
-                    .push(format!("seq {seq}: undecodable event: {e}"));
+                let job = parse_job_subject(&subject).map(|(_, j)| j);
+                report.violation(
+                    "undecodable",
+                    job,
+                    Some(seq),
+                    format!("seq {seq}: undecodable event: {e}"),
+                );
                 continue;
             }
         };
         match parse_job_subject(&subject) {
             Some((t, j)) if t == env.tenant_id && j == env.job_id => {}
-            _ => report.problems.push(format!(
-                "seq {seq}: an event of tenant {} job {} on subject {subject}",
-                env.tenant_id, env.job_id
-            )),
+            _ => report.violation(
+                "wrong_subject",
+                Some(env.job_id),
+                Some(seq),
+                format!(
+                    "seq {seq}: an event of tenant {} job {} on subject {subject}",
+                    env.tenant_id, env.job_id
+                ),
+            ),
         }
         let id = env.job_id;
         let before = jobs.get(&id).cloned();
@@ -133,18 +175,26 @@ pub async fn check(
                         let n = completions.entry(id).or_default();
                         *n += 1;
                         if *n > 1 {
-                            report
-                                .problems
-                                .push(format!("job {id}: completed twice (seq {seq})"));
+                            report.violation(
+                                "completed_twice",
+                                Some(id),
+                                Some(seq),
+                                format!("job {id}: completed twice (seq {seq})"),
+                            );
                         }
                     }
                     "JobRequeued" => {
                         completions.remove(&id);
                     }
                     "JobLeased" if lease_end.get(&id).is_some_and(|end| at < *end) => {
-                        report.problems.push(format!(
-                            "job {id}: a lease began at seq {seq} before the previous one ended"
-                        ));
+                        report.violation(
+                            "overlapping_lease",
+                            Some(id),
+                            Some(seq),
+                            format!(
+                                "job {id}: a lease began at seq {seq} before the previous one ended"
+                            ),
+                        );
                     }
                     _ => {}
                 }
@@ -152,10 +202,15 @@ pub async fn check(
                     lease_end.insert(id, at);
                 }
                 if after.attempts > after.max_attempts {
-                    report.problems.push(format!(
-                        "job {id}: {} attempts of at most {}",
-                        after.attempts, after.max_attempts
-                    ));
+                    report.violation(
+                        "too_many_attempts",
+                        Some(id),
+                        Some(seq),
+                        format!(
+                            "job {id}: {} attempts of at most {}",
+                            after.attempts, after.max_attempts
+                        ),
+                    );
                 }
                 if purge {
                     purged.insert(id);
@@ -164,17 +219,23 @@ pub async fn check(
                     jobs.insert(id, after);
                 }
             }
-            Err(e) => report
-                .problems
-                .push(format!("job {id}: seq {seq} does not fold: {e}")),
+            Err(e) => report.violation(
+                "does_not_fold",
+                Some(id),
+                Some(seq),
+                format!("job {id}: seq {seq} does not fold: {e}"),
+            ),
         }
     }
     report.jobs = jobs.len() + purged.len();
     for id in acknowledged {
         if !jobs.contains_key(id) && !purged.contains(id) {
-            report
-                .problems
-                .push(format!("job {id}: acknowledged but not in the stream"));
+            report.violation(
+                "acknowledged_not_in_stream",
+                Some(*id),
+                None,
+                format!("job {id}: acknowledged but not in the stream"),
+            );
         }
     }
     if let Some(url) = database_url {
@@ -186,9 +247,14 @@ pub async fn check(
                 .fetch_one(&pool)
                 .await?;
         if (checkpoint as u64) < last_seq {
-            report.problems.push(format!(
-                "the read model is at seq {checkpoint}, the stream at {last_seq}: not caught up"
-            ));
+            report.violation(
+                "read_model_behind",
+                None,
+                None,
+                format!(
+                    "the read model is at seq {checkpoint}, the stream at {last_seq}: not caught up"
+                ),
+            );
         } else {
             let rows: Vec<(Uuid, serde_json::Value)> = sqlx::query_as("SELECT id, doc FROM jobs")
                 .fetch_all(&pool)
@@ -198,19 +264,28 @@ pub async fn check(
                 seen.insert(id);
                 match jobs.get(&id) {
                     Some(j) if serde_json::to_value(j)? == doc => {}
-                    Some(_) => report.problems.push(format!(
-                        "job {id}: its read-model row differs from the fold of its events"
-                    )),
-                    None => report.problems.push(format!(
-                        "job {id}: in the read model but not (or purged) in the stream"
-                    )),
+                    Some(_) => report.violation(
+                        "read_model_differs",
+                        Some(id),
+                        None,
+                        format!("job {id}: its read-model row differs from the fold of its events"),
+                    ),
+                    None => report.violation(
+                        "read_model_extra",
+                        Some(id),
+                        None,
+                        format!("job {id}: in the read model but not (or purged) in the stream"),
+                    ),
                 }
             }
             for id in jobs.keys() {
                 if !seen.contains(id) {
-                    report.problems.push(format!(
-                        "job {id}: in the stream but missing from the read model"
-                    ));
+                    report.violation(
+                        "read_model_missing",
+                        Some(*id),
+                        None,
+                        format!("job {id}: in the stream but missing from the read model"),
+                    );
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Reading the event history: `jobsctl replay` (filters, NDJSON or a table, `--follow`) and
-//! `jobsctl verify` (the per-job hash chain). Both read `JOBS_EVENTS` in stream order with an
-//! ordered consumer — batched fetches, no round trip per event.
+//! `jobsctl verify` (the per-job hash chain); [`read`] is also what `jobsctl state` folds. All
+//! read `JOBS_EVENTS` in stream order with an ordered consumer — batched fetches, no round trip
+//! per event.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -53,6 +54,9 @@ pub struct ReplayArgs {
     /// ndjson (one event per line) or table.
     #[arg(long, default_value = "ndjson")]
     format: String,
+    /// Machine output: NDJSON, one event per line (the same as --format ndjson).
+    #[arg(long)]
+    json: bool,
 }
 
 /// One message of the stream, decoded as far as it goes.
@@ -170,6 +174,9 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     if a.format != "ndjson" && a.format != "table" {
         bail!("--format must be ndjson or table");
     }
+    if a.json && a.format == "table" {
+        bail!("--json prints NDJSON: it does not go with --format table");
+    }
     let start = match (a.from_seq, a.since) {
         (Some(s), _) => DeliverPolicy::ByStartSequence {
             start_sequence: s.max(1),
@@ -253,6 +260,10 @@ pub async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 pub struct VerifyArgs {
     #[command(flatten)]
     source: Source,
+    /// Machine output: one JSON document {"intact", "events_checked", "jobs_checked",
+    /// "problems"} instead of a line per problem and a summary line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What can be wrong in a job's chain.
@@ -260,8 +271,8 @@ fn problem(seq: u64, job: &str, kind: &str, detail: String) -> Value {
     json!({ "seq": seq, "job_id": job, "problem": kind, "detail": detail })
 }
 
-/// Checks every job's hash chain; prints one JSON line per problem and a summary. Returns
-/// whether the history is intact.
+/// Checks every job's hash chain; prints one JSON line per problem and a summary (under
+/// `--json`, one document with both). Returns whether the history is intact.
 pub async fn verify(a: VerifyArgs) -> anyhow::Result<bool> {
     if a.source.tenant.is_none() {
         bail!("--tenant is required (and --job narrows it to one job)");
@@ -320,99 +331,28 @@ pub async fn verify(a: VerifyArgs) -> anyhow::Result<bool> {
         Ok(true)
     })
     .await?;
+    let intact = problems.is_empty();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if a.json {
+        serde_json::to_writer(
+            &mut out,
+            &json!({
+                "intact": intact, "events_checked": checked, "jobs_checked": chains.len(),
+                "problems": problems,
+            }),
+        )?;
+        writeln!(out)?;
+        return Ok(intact);
+    }
     for p in &problems {
         serde_json::to_writer(&mut out, p)?;
         writeln!(out)?;
     }
-    let intact = problems.is_empty();
     serde_json::to_writer(
         &mut out,
         &json!({ "intact": intact, "jobs": chains.len(), "events": checked, "problems": problems.len() }),
     )?;
     writeln!(out)?;
     Ok(intact)
-}
-
-#[derive(clap::Args)]
-pub struct StateArgs {
-    /// NATS server holding JOBS_EVENTS.
-    #[arg(long, env = "JOBS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// The tenant to show.
-    #[arg(long)]
-    tenant: Uuid,
-    /// The instant (RFC 3339): the state after every event up to it.
-    #[arg(long)]
-    at: DateTime<Utc>,
-}
-
-/// The tenant's queues as they were at an instant: the stream folded up to it.
-pub async fn state(a: StateArgs) -> anyhow::Result<()> {
-    let source = Source {
-        nats_url: a.nats_url.clone(),
-        tenant: Some(a.tenant),
-        job: None,
-    };
-    let mut jobs: HashMap<Uuid, events::Job> = HashMap::new();
-    let mut folded = 0u64;
-    let mut last_seq = 0u64;
-    read(&source, DeliverPolicy::All, false, |item, _| {
-        let Some(env) = item.event else {
-            return Ok(true);
-        };
-        // Appends may reach the stream slightly out of time order: read to the end, keep
-        // what happened up to the instant.
-        if env.at > a.at {
-            return Ok(true);
-        }
-        let id = env.job_id;
-        if matches!(env.event, events::JobEvent::Purged {}) {
-            jobs.remove(&id);
-        } else if let Ok(j) = events::apply(
-            jobs.get(&id),
-            &events::Recorded {
-                seq: item.seq,
-                envelope: env,
-            },
-        ) {
-            jobs.insert(id, j);
-        }
-        folded += 1;
-        last_seq = item.seq;
-        Ok(true)
-    })
-    .await?;
-    let mut counts: std::collections::BTreeMap<&str, u64> = events::Status::ALL
-        .iter()
-        .map(|s| (s.as_str(), 0))
-        .collect();
-    let mut by_type: std::collections::BTreeMap<String, std::collections::BTreeMap<&str, u64>> =
-        Default::default();
-    let mut leased = Vec::new();
-    for j in jobs.values() {
-        let s = j.status_at(a.at).as_str();
-        *counts.entry(s).or_default() += 1;
-        *by_type
-            .entry(j.job_type.clone())
-            .or_default()
-            .entry(s)
-            .or_default() += 1;
-        if let (events::Status::Leased, Some(l)) = (j.status, &j.lease) {
-            leased.push(json!({
-                "job_id": j.id, "type": j.job_type, "worker_id": l.worker_id,
-                "leased_at": l.leased_at, "expires_at": l.expires_at, "attempt": j.attempts,
-            }));
-        }
-    }
-    leased.sort_by(|x, y| x["leased_at"].as_str().cmp(&y["leased_at"].as_str()));
-    let out = json!({
-        "tenant_id": a.tenant, "at": a.at, "events_folded": folded, "last_seq": last_seq,
-        "counts": counts,
-        "by_type": by_type.into_iter().map(|(t, c)| json!({"type": t, "counts": c})).collect::<Vec<_>>(),
-        "leased": leased,
-    });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
 }

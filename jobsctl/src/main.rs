@@ -1,9 +1,11 @@
 //! jobsctl: the Jobs Service's command line for people.
 //!
 //! Managing jobs over the HTTP API (`login`, `enqueue`, `list`, `get`, `events`, `explain`,
-//! `cancel`, `retry`, `update`, `dlq`, `metrics`, `quota`: tables for people, `--json` for
-//! programs); `token` signs a development token with the key `deploy/up` generated; `worker` is
-//! a reference worker; `replay`, `verify`, `state` and `check` read the event stream.
+//! `cancel`, `retry`, `update`, `dlq`, `metrics`, `quota`); `token` signs a development token
+//! with the key `deploy/up` generated; `worker` is a reference worker; `replay`, `verify`,
+//! `state` and `check` read the event stream. Every command takes `--json`: machine-readable
+//! output on stdout (one JSON document, or NDJSON when there are several), text for people
+//! otherwise; the exit status is the same either way.
 //!
 //! Exit status: 0 done, 1 an error (the API's, a usage error, unreachable), 2 a violation found
 //! by `verify` or `check`.
@@ -16,13 +18,12 @@ mod history;
 mod jobs;
 mod login;
 mod output;
+mod state;
+mod token;
 mod usage;
 mod worker;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
-use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(name = "jobsctl", version, about = "Command line for the Jobs Service")]
@@ -36,7 +37,7 @@ enum Cmd {
     #[command(flatten)]
     Api(ApiCmd),
     /// Print a signed bearer token (RS256 for an RSA key, ES256 for an EC P-256 key).
-    Token(TokenArgs),
+    Token(token::TokenArgs),
     /// Run jobs: lease over mTLS, run a command per job, complete or fail by its exit status.
     Worker(worker::WorkerArgs),
     /// Print events from JOBS_EVENTS (NDJSON or a table), filtered; --follow tails new ones.
@@ -44,7 +45,7 @@ enum Cmd {
     /// Check the hash chains of a tenant's (or one job's) events; exit 0 intact, 2 tampered.
     Verify(history::VerifyArgs),
     /// A tenant's queues as they were at an instant (counts by status and type, who held what).
-    State(history::StateArgs),
+    State(state::StateArgs),
     /// Check the service's invariants on the stream (and the read model); exit 2 on a violation.
     Check(CheckArgs),
 }
@@ -126,57 +127,37 @@ struct CheckArgs {
     /// The read model to compare with the stream (omit to check the stream alone).
     #[arg(long, env = "JOBS_DATABASE_URL")]
     database_url: Option<String>,
+    /// Machine output: one JSON document {"ok", "events_checked", "jobs_checked", "violations"}.
+    #[arg(long)]
+    json: bool,
 }
 
-#[derive(clap::Args)]
-struct TokenArgs {
-    /// Tenant the token is for (the `tenantId` claim).
-    #[arg(long)]
-    tenant: Uuid,
-    /// Comma-separated roles, e.g. admin,member.
-    #[arg(long, value_delimiter = ',', default_value = "member")]
-    roles: Vec<String>,
-    /// PEM private key to sign with.
-    #[arg(
-        long,
-        env = "JOBS_JWT_PRIVATE_KEY",
-        default_value = "deploy/.dev/jwt-private.pem"
-    )]
-    key: PathBuf,
-    /// Subject (`sub`); a new UUID when absent.
-    #[arg(long)]
-    sub: Option<String>,
-    /// E-mail claim.
-    #[arg(long, default_value = "dev@example.com")]
-    email: String,
-    /// Plan tier: free, starter, professional or enterprise.
-    #[arg(long, default_value = "professional")]
-    plan_tier: String,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
-    ttl_seconds: i64,
-    /// `iss` claim, when the services check one.
-    #[arg(long, env = "JOBS_JWT_ISSUER")]
-    issuer: Option<String>,
-    /// `aud` claim, when the services check one.
-    #[arg(long, env = "JOBS_JWT_AUDIENCE")]
-    audience: Option<String>,
-}
-
-fn token(a: TokenArgs) -> anyhow::Result<String> {
-    let signer = common::signing::Signer::from_pem_file(&a.key)?;
-    let now = chrono::Utc::now().timestamp();
-    signer.sign(&common::signing::TokenClaims {
-        sub: a.sub.unwrap_or_else(|| Uuid::new_v4().to_string()),
-        tenant_id: a.tenant,
-        email: a.email,
-        roles: a.roles,
-        plan_tier: Some(a.plan_tier),
-        iat: now,
-        exp: now + a.ttl_seconds,
-        iss: a.issuer,
-        aud: a.audience,
-    })
+/// Checks the invariants and prints the violations (a line each, or one JSON document); exits
+/// 2 when there is one.
+async fn check(a: CheckArgs) -> anyhow::Result<()> {
+    let r = jobsctl::check::check(&a.nats_url, a.database_url.as_deref(), &[]).await?;
+    if a.json {
+        output::print_ndjson(&serde_json::json!({
+            "ok": r.ok(),
+            "events_checked": r.events,
+            "jobs_checked": r.jobs,
+            "violations": r.violations,
+        }));
+    } else {
+        for p in &r.problems {
+            println!("{p}");
+        }
+        println!(
+            "{} events, {} jobs, {} problems",
+            r.events,
+            r.jobs,
+            r.problems.len()
+        );
+    }
+    if !r.ok() {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -190,30 +171,11 @@ async fn main() {
         }
     };
     let result = match cli.command {
-        Cmd::Token(a) => token(a).map(|t| println!("{t}")),
+        Cmd::Token(a) => token::run(a),
         Cmd::Worker(a) => worker::run(a).await,
         Cmd::Replay(a) => history::replay(a).await,
-        Cmd::State(a) => history::state(a).await,
-        Cmd::Check(a) => {
-            match jobsctl::check::check(&a.nats_url, a.database_url.as_deref(), &[]).await {
-                Ok(r) => {
-                    for p in &r.problems {
-                        println!("{p}");
-                    }
-                    println!(
-                        "{} events, {} jobs, {} problems",
-                        r.events,
-                        r.jobs,
-                        r.problems.len()
-                    );
-                    if !r.ok() {
-                        std::process::exit(2);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        }
+        Cmd::State(a) => state::state(a).await,
+        Cmd::Check(a) => check(a).await,
         Cmd::Verify(a) => match history::verify(a).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),

@@ -9,11 +9,15 @@
 //!   cancelled.
 //!
 //! Environment of the command: `JOBS_JOB_ID`, `JOBS_JOB_TYPE`, `JOBS_ATTEMPT`.
+//!
+//! What became of each job is one line: on stderr for people, or under `--json` one JSON
+//! document per line on stdout (`at`, `job_id`, `type`, `outcome`, `exit_code`, `duration_ms`).
+//! Diagnostics stay on stderr either way.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -68,6 +72,10 @@ pub struct WorkerArgs {
     /// Stop after this many jobs (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     max_jobs: u64,
+    /// Machine output: a JSON line per job on stdout {"at", "job_id", "type", "outcome",
+    /// "exit_code", "duration_ms"}; outcome is completed, failed, dead_lettered or cancelled.
+    #[arg(long)]
+    json: bool,
 }
 
 struct Client {
@@ -164,9 +172,9 @@ pub async fn run(a: WorkerArgs) -> anyhow::Result<()> {
             started += 1;
             let permit = slots.clone().acquire_owned().await?;
             let (client, exec) = (client.clone(), exec.clone());
-            let lease_seconds = a.lease_seconds;
+            let (lease_seconds, json_out) = (a.lease_seconds, a.json);
             tokio::spawn(async move {
-                if let Err(e) = run_job(&client, &exec, &job, lease_seconds).await {
+                if let Err(e) = run_job(&client, &exec, &job, lease_seconds, json_out).await {
                     eprintln!("jobsctl worker: job {}: {e:#}", job["id"]);
                 }
                 drop(permit);
@@ -183,14 +191,17 @@ async fn run_job(
     exec: &str,
     job: &Value,
     lease_seconds: u64,
+    json_out: bool,
 ) -> anyhow::Result<()> {
     let id = job["id"].as_str().context("a leased job has an id")?;
+    let job_type = job["type"].as_str().unwrap_or_default();
     let lease_id = job["lease"]["lease_id"].clone();
+    let started = Instant::now();
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(exec)
         .env("JOBS_JOB_ID", id)
-        .env("JOBS_JOB_TYPE", job["type"].as_str().unwrap_or_default())
+        .env("JOBS_JOB_TYPE", job_type)
         .env("JOBS_ATTEMPT", job["attempts"].to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -235,6 +246,7 @@ async fn run_job(
             }
         }
     };
+    let duration = started.elapsed();
     let output = std::process::Output {
         status,
         stdout: out_task.await?,
@@ -268,9 +280,26 @@ async fn run_job(
     if status != 200 {
         bail!("{path} answered {status}: {}", v["error"]["message"]);
     }
-    eprintln!(
-        "jobsctl worker: job {id}: {path} -> {}",
-        v["data"]["status"]
-    );
+    if json_out {
+        let outcome = match (path, v["data"]["status"].as_str()) {
+            ("complete", _) => "completed",
+            (_, Some("dead_lettered")) => "dead_lettered",
+            (_, Some("cancelled")) => "cancelled",
+            _ => "failed",
+        };
+        crate::output::print_ndjson(&json!({
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "job_id": id,
+            "type": job_type,
+            "outcome": outcome,
+            "exit_code": output.status.code(),
+            "duration_ms": duration.as_millis() as u64,
+        }));
+    } else {
+        eprintln!(
+            "jobsctl worker: job {id}: {path} -> {}",
+            v["data"]["status"]
+        );
+    }
     Ok(())
 }
