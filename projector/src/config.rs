@@ -21,6 +21,18 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "JOBS_PROJECTOR_BATCH", default_value_t = 500)]
     pub batch_size: usize,
+    /// Vacuum and analyze the read model from the projector: `auto` (when the server's
+    /// autovacuum is off), `always`, or `never`.
+    #[arg(
+        long,
+        env = "JOBS_PROJECTOR_MAINTENANCE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub maintenance: crate::maintenance::Mode,
+    /// Seconds between two maintenance rounds.
+    #[arg(long, env = "JOBS_PROJECTOR_MAINTENANCE_SECONDS", default_value_t = 60)]
+    pub maintenance_seconds: u64,
     #[command(subcommand)]
     pub command: Option<Subcommand>,
     #[command(flatten)]

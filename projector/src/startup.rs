@@ -28,6 +28,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     projector: Projector,
+    maintenance: (crate::maintenance::Mode, Duration),
     lag: (
         async_nats::jetstream::Context,
         Arc<AtomicU64>,
@@ -80,6 +81,10 @@ impl Application {
             listener,
             router,
             projector,
+            maintenance: (
+                config.maintenance,
+                Duration::from_secs(config.maintenance_seconds.max(1)),
+            ),
             lag: (js, checkpoint, pm),
         })
     }
@@ -95,6 +100,13 @@ impl Application {
         let stop = CancellationToken::new();
         let (js, checkpoint, pm) = self.lag;
         let lag = tokio::spawn(watch_lag(js, checkpoint, pm, stop.clone()));
+        let (mode, every) = self.maintenance;
+        let upkeep = tokio::spawn(crate::maintenance::run(
+            self.projector.pool.clone(),
+            mode,
+            every,
+            stop.clone(),
+        ));
         let projection = tokio::spawn(self.projector.run(stop.clone()));
         tracing::info!(
             port = self.listener.local_addr().map(|a| a.port()).unwrap_or(0),
@@ -104,6 +116,7 @@ impl Application {
             common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
         let _ = projection.await;
         let _ = lag.await;
+        let _ = upkeep.await;
         served
     }
 }

@@ -117,6 +117,9 @@ pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
         projector_addr: local(0),
         database_url: db_url.to_string(),
         batch_size: 500,
+        // Tests that want it ask for it (see faults.rs); rounds would only slow the others.
+        maintenance: projector::maintenance::Mode::Never,
+        maintenance_seconds: 60,
         command: None,
         nats: nats_args(nats_url),
         log: log_args(),

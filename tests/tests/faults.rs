@@ -547,3 +547,41 @@ async fn losing_a_node_of_a_three_node_cluster_under_load_loses_no_acknowledged_
     // Checked on the two surviving nodes.
     tests::assert_invariants(&url, &db.url, &acknowledged).await;
 }
+
+#[tokio::test]
+async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_not() {
+    // Postgres here runs with autovacuum off (as this machine's does): the projector keeps
+    // its tables' statistics fresh itself, or the planner soon scans bloated tables.
+    let app = TestApp::spawn_with(false).await;
+    let mut config = tests::projector_config(&app.nats.url(), &app.db.url);
+    config.maintenance = projector::maintenance::Mode::Always;
+    config.maintenance_seconds = 1;
+    let projector = projector::Application::build(config)
+        .await
+        .expect("projector");
+    let stop = tokio::spawn(projector.run_until_stopped(std::future::pending()));
+    let (_, seq) = app.enqueue(&email_job(1)).await;
+    let pool = app.pool().await;
+    let (_, got) = app.get("/jobs/v1/jobs", seq).await;
+    assert_eq!(got["data"].as_array().map(Vec::len), Some(1));
+    for table in ["jobs", "job_events"] {
+        eventually(Duration::from_secs(30), "a maintenance round", || {
+            let pool = pool.clone();
+            async move {
+                let (vacuumed, analyzed): (
+                    Option<chrono::DateTime<chrono::Utc>>,
+                    Option<chrono::DateTime<chrono::Utc>>,
+                ) = sqlx::query_as(
+                    "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE relname = $1",
+                )
+                .bind(table)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+                (vacuumed.is_some() && analyzed.is_some()).then_some(())
+            }
+        })
+        .await;
+    }
+    stop.abort();
+}
