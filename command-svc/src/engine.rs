@@ -4,6 +4,7 @@
 //! overwrites. Appended events are folded in at once (the follower then skips them), so a
 //! worker's next call sees its own lease even before the stream echoes it back.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -255,6 +256,58 @@ impl Engine {
         Ok(current)
     }
 
+    /// Appends the `JobLeased` of several jobs as one atomic batch (one write to the event
+    /// store instead of one each). If another instance moved any of them first the batch is
+    /// refused whole, and each is then appended on its own (those that lost are skipped).
+    async fn append_leases(
+        &self,
+        batch: &[(Job, JobEvent)],
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Job>, AppendError> {
+        if let [(job, event)] = batch {
+            return self
+                .append(job, vec![event.clone()], actor, at)
+                .await
+                .map(|j| vec![j]);
+        }
+        let envs: Vec<Envelope> = batch
+            .iter()
+            .map(|(job, event)| Self::envelope(job, event.clone(), actor, at))
+            .collect();
+        let items: Vec<(&Envelope, u64)> = envs
+            .iter()
+            .zip(batch)
+            .map(|(env, (job, _))| (env, job.last_event_seq))
+            .collect();
+        let traceparent = common::context::current().child_traceparent();
+        match self.store.append_batch(&items, &traceparent).await {
+            Ok(seqs) => {
+                let mut jobs = Vec::with_capacity(batch.len());
+                for ((env, (job, _)), seq) in envs.into_iter().zip(batch).zip(seqs) {
+                    let current = events::apply(Some(job), &Recorded { seq, envelope: env })
+                        .map_err(|e| AppendError::Other(e.to_string()))?;
+                    self.absorb(current.clone());
+                    jobs.push(current);
+                }
+                Ok(jobs)
+            }
+            Err(AppendError::Conflict) => {
+                let mut jobs = Vec::new();
+                for (job, event) in batch {
+                    match self.append(job, vec![event.clone()], actor, at).await {
+                        Ok(j) => jobs.push(j),
+                        Err(AppendError::Conflict) => {}
+                        Err(e) if jobs.is_empty() => return Err(e),
+                        Err(_) => break,
+                    }
+                }
+                Ok(jobs)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Takes a job's state into the model unless it already holds a later one.
     pub fn absorb(&self, job: Job) {
         let ready = self.model().offer(job, common::now());
@@ -470,45 +523,66 @@ impl Engine {
             };
             let mut leased = Vec::new();
             let mut failure = None;
-            while leased.len() < max_jobs {
+            // Jobs without a concurrency key are leased together: one atomic batch of their
+            // `JobLeased` events, each conditional on its job's last sequence.
+            let mut batch: Vec<(Job, JobEvent)> = Vec::new();
+            let mut pending: HashMap<Uuid, u64> = HashMap::new();
+            let now = common::now();
+            while leased.len() + batch.len() < max_jobs {
                 let plans = &self.plans;
                 let limit = |m: &WriteModel, t: Uuid| {
                     plans
                         .effective(m.tiers.get(&t).map(String::as_str), m.overrides.get(&t))
                         .max_concurrent_leases
                 };
-                let Some(job) = self.model().take_at(types, queues, limit, common::now()) else {
+                let Some(job) = self.model().take_at(types, queues, limit, &pending, now) else {
                     break;
                 };
                 taken.ids.push(job.id);
-                let now = common::now();
-                let Ok(events) = decide(Some(&job), &cmd, now) else {
+                let Ok(mut events) = decide(Some(&job), &cmd, now) else {
                     continue;
                 };
-                let appended = match &job.limits {
-                    Some(limit) => {
-                        self.append_keyed_lease(&job, events, &actor, now, limit)
-                            .await
+                if let Some(limit) = &job.limits {
+                    match self
+                        .append_keyed_lease(&job, events, &actor, now, limit)
+                        .await
+                    {
+                        Ok(j) => {
+                            taken.ids.retain(|id| *id != j.id);
+                            leased.push(j);
+                        }
+                        Err(AppendError::Conflict) => {}
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
                     }
-                    None => self.append(&job, events, &actor, now).await,
-                };
-                match appended {
-                    Ok(j) => {
-                        taken.ids.retain(|id| *id != j.id);
-                        let waited = (now - j.run_at).num_milliseconds().max(0) as f64 / 1000.0;
-                        self.metrics
-                            .lease_wait
-                            .with_label_values(&[&j.job_type])
-                            .observe(waited);
-                        leased.push(j);
+                    continue;
+                }
+                if events.len() == 1 {
+                    *pending.entry(job.tenant_id).or_default() += 1;
+                    batch.push((job, events.remove(0)));
+                }
+            }
+            if failure.is_none() && !batch.is_empty() {
+                match self.append_leases(&batch, &actor, now).await {
+                    Ok(jobs) => {
+                        for j in jobs {
+                            taken.ids.retain(|id| *id != j.id);
+                            leased.push(j);
+                        }
                     }
                     // Another instance moved the job first; the follower places it anew.
                     Err(AppendError::Conflict) => {}
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
+                    Err(e) => failure = Some(e),
                 }
+            }
+            for j in &leased {
+                let waited = (now - j.run_at).num_milliseconds().max(0) as f64 / 1000.0;
+                self.metrics
+                    .lease_wait
+                    .with_label_values(&[&j.job_type])
+                    .observe(waited);
             }
             drop(taken);
             if let Some(e) = failure {

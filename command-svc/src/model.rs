@@ -640,24 +640,30 @@ impl WriteModel {
         queues: Option<&[String]>,
         lease_limit: impl Fn(&Self, Uuid) -> u64,
     ) -> Option<Job> {
-        self.take_at(types, queues, lease_limit, Utc::now())
+        self.take_at(types, queues, lease_limit, &HashMap::new(), Utc::now())
     }
 
-    /// `take` at `now` (the instant rate limits are judged at).
+    /// `take` at `now` (the instant rate limits are judged at), counting `pending` taken jobs
+    /// per tenant against its lease limit.
     pub fn take_at(
         &mut self,
         types: &[String],
         queues: Option<&[String]>,
         lease_limit: impl Fn(&Self, Uuid) -> u64,
+        pending: &HashMap<Uuid, u64>,
         now: DateTime<Utc>,
     ) -> Option<Job> {
         let mut opens: Option<DateTime<Utc>> = None;
         let accepts = |j: &Job| queues.is_none_or(|qs| qs.contains(&j.queue));
-        // Tenants at their concurrent-lease limit wait; the others are served.
+        // Tenants at their concurrent-lease limit wait; the others are served. `pending`
+        // counts jobs taken for leases not appended yet.
         let full: HashSet<Uuid> = self
             .counts
             .iter()
-            .filter(|(t, c)| c.leased > 0 && c.leased >= lease_limit(self, **t))
+            .filter(|(t, c)| {
+                let held = c.leased + pending.get(t).copied().unwrap_or(0);
+                held > 0 && held >= lease_limit(self, **t)
+            })
             .map(|(t, _)| *t)
             .collect();
         for priority in (0..=10u8).rev() {

@@ -245,22 +245,35 @@ impl EventStore {
         envs: &[Envelope],
         traceparent: &str,
     ) -> Result<Vec<u64>, AppendError> {
+        let items: Vec<(&Envelope, u64)> = envs.iter().map(|e| (e, 0)).collect();
+        self.append_batch(&items, traceparent).await
+    }
+
+    /// Appends events of several jobs as one atomic batch, each conditional on its job's last
+    /// subject sequence: all are stored or none (a conflict on any refuses all). Returns the
+    /// stream sequence of each, in order.
+    #[tracing::instrument(skip_all, fields(count = items.len()), err)]
+    pub async fn append_batch(
+        &self,
+        items: &[(&Envelope, u64)],
+        traceparent: &str,
+    ) -> Result<Vec<u64>, AppendError> {
         self.check_connected()?;
         let start = Instant::now();
-        let message = |env: &Envelope| {
+        let message = |(env, expected): &(&Envelope, u64)| {
             OutboundMessage::new(
                 job_subject(env.tenant_id, env.job_id).into(),
                 env.to_json().into(),
-                Some(event_headers(env, traceparent, Some(0))),
+                Some(event_headers(env, traceparent, Some(*expected))),
             )
         };
-        let (last, init) = envs
+        let (last, init) = items
             .split_last()
             .ok_or_else(|| AppendError::Other("empty batch".into()))?;
         let result = async {
             let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
-            for env in init {
-                batch.add_message(message(env)).await?;
+            for item in init {
+                batch.add_message(message(item)).await?;
             }
             batch.commit_message(message(last)).await
         }
@@ -268,22 +281,27 @@ impl EventStore {
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
         match result {
             Ok(ack) => {
-                if ack.batch_size != envs.len() as u64 {
+                if ack.batch_size != items.len() as u64 {
                     return Err(AppendError::Other(format!(
                         "the batch ack counts {} messages, not {}",
                         ack.batch_size,
-                        envs.len()
+                        items.len()
                     )));
                 }
-                self.metrics
-                    .appended
-                    .with_label_values(&["JobEnqueued"])
-                    .inc_by(envs.len() as u64);
-                let first = ack.sequence + 1 - envs.len() as u64;
+                for (env, _) in items {
+                    self.metrics
+                        .appended
+                        .with_label_values(&[env.type_name()])
+                        .inc();
+                }
+                let first = ack.sequence + 1 - items.len() as u64;
                 Ok((first..=ack.sequence).collect())
             }
             Err(e) => Err(match e.kind() {
-                _ if e.to_string().contains("wrong last sequence") => AppendError::Conflict,
+                _ if e.to_string().contains("wrong last sequence") => {
+                    self.metrics.conflicts.inc();
+                    AppendError::Conflict
+                }
                 // Our own mistakes in building the batch are bugs; the rest is the store
                 // refusing or not answering, which stored nothing.
                 BatchPublishErrorKind::MaxMessagesExceeded
