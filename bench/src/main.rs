@@ -85,9 +85,15 @@ impl Lat {
     }
 }
 
-fn payload() -> Value {
+/// The type of the jobs the enqueue, batch and seed phases make: never leased by the cycle's
+/// workers, so the cycle's jobs do not queue behind them.
+const LOAD_TYPE: &str = "bench.load";
+/// The type of the jobs the cycle phase makes and its workers lease.
+const CYCLE_TYPE: &str = "email.send";
+
+fn payload(job_type: &str) -> Value {
     // The seed's example job, about 256 bytes on the wire.
-    json!({"type": "email.send", "payload": {"to": "user@example.com", "template": "welcome", "pad": "x".repeat(120)}, "priority": 5})
+    json!({"type": job_type, "payload": {"to": "user@example.com", "template": "welcome", "pad": "x".repeat(120)}, "priority": 5})
 }
 
 async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
@@ -182,13 +188,13 @@ where
     )
 }
 
-async fn enqueue_one(c: &Ctx, lat: &Lat) -> anyhow::Result<u64> {
+async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> {
     let t = Instant::now();
     let res = c
         .http
         .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
         .bearer_auth(&c.token)
-        .json(&payload())
+        .json(&payload(job_type))
         .send()
         .await?;
     if res.status() != 201 {
@@ -199,7 +205,7 @@ async fn enqueue_one(c: &Ctx, lat: &Lat) -> anyhow::Result<u64> {
 }
 
 async fn enqueue_batch(c: &Ctx, n: usize) -> anyhow::Result<u64> {
-    let jobs: Vec<Value> = (0..n).map(|_| payload()).collect();
+    let jobs: Vec<Value> = (0..n).map(|_| payload(LOAD_TYPE)).collect();
     let res = c
         .http
         .post(format!("{}/jobs/v1/enqueue/batch", c.args.gateway))
@@ -291,7 +297,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (c, lat) = (ctx.clone(), lat.clone());
         drive(args.concurrency, s, move || {
             let (c, lat) = (c.clone(), lat.clone());
-            async move { enqueue_one(&c, &lat).await }
+            async move { enqueue_one(&c, &lat, LOAD_TYPE).await }
         })
         .await
     };
@@ -308,7 +314,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let batch = n as f64 / t;
 
-    // Drain what the enqueue phases left, so the cycle starts from an empty queue.
+    // Drain what the enqueue phases (and earlier runs) left, for at most 120 s: the cycle's
+    // jobs have a type of their own, so whatever is left does not queue ahead of them.
     eprintln!(
         "bench: draining, then the cycle with {} workers",
         args.workers
@@ -318,7 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     loop {
         let r = wc
             .post(format!("{}/jobs/v1/worker/lease", args.worker_url))
-            .json(&json!({"types": ["email.send"], "max_jobs": 100}))
+            .json(&json!({"types": [LOAD_TYPE, CYCLE_TYPE], "max_jobs": 100}))
             .send()
             .await?;
         let v: Value = r.json().await?;
@@ -357,7 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(r) = wc
                         .post(format!("{url}/jobs/v1/worker/lease"))
-                        .json(&json!({"types": ["email.send"], "max_jobs": 10, "wait_seconds": 1}))
+                        .json(&json!({"types": [CYCLE_TYPE], "max_jobs": 10, "wait_seconds": 1}))
                         .send()
                         .await
                     else {
@@ -405,7 +412,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .http
                     .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
                     .bearer_auth(&c.token)
-                    .json(&payload())
+                    .json(&payload(CYCLE_TYPE))
                     .send()
                     .await
                 else {
@@ -454,7 +461,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (c, lat) = (ctx.clone(), producer_lat.clone());
         drive(args.concurrency / 4 + 1, s, move || {
             let (c, lat) = (c.clone(), lat.clone());
-            async move { enqueue_one(&c, &lat).await }
+            async move { enqueue_one(&c, &lat, CYCLE_TYPE).await }
         })
         .await;
     }
