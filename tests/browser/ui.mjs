@@ -1,7 +1,7 @@
 // The operator dashboard (/jobs/v1/ui/) in headless Chromium, offline: signs in through the
 // form, checks the overview's counts, filters the jobs list, opens a job's timeline, retries a
 // dead-lettered job through the confirmation dialog (by keyboard), redrives the rest of its
-// group by filter (dry run first), then looks at every page at 390 px, and as the admin user
+// group by filter (dry run first), pauses a queue on the Queues page, then looks at every page at 390 px, and as the admin user
 // drains a worker. Every request beyond the gateway is refused
 // and recorded; console errors (a CSP violation is one) are recorded too.
 // Usage: node ui.mjs <gateway base URL> <screenshot dir> <expectations JSON>.
@@ -198,6 +198,30 @@ try {
   await shot(page, 'dlq-redriven-1280');
   step('redriven');
 
+  // Queues: pause the queue "reports" through its dialog (by keyboard: the confirm button has
+  // the focus), then the row says paused.
+  await page.getByRole('link', { name: 'Queues', exact: true }).click();
+  await page.getByRole('heading', { level: 1, name: 'Queues' }).waitFor();
+  const queueRow = page.locator(`[data-testid="queues"] tr[data-name="${want.queue}"]`);
+  await queueRow.waitFor();
+  await page.getByTestId('schedules').waitFor();
+  result.checks.queuesUnlabelled = await unlabelled(page);
+  await queueRow.getByRole('button', { name: `Pause queue ${want.queue}` }).focus();
+  await page.keyboard.press('Enter');
+  const pauseDialog = page.getByRole('dialog', { name: `Pause the queue ${want.queue}?` });
+  await pauseDialog.waitFor();
+  const [paused] = await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith(`/jobs/v1/queues/${want.queue}/pause`) && r.request().method() === 'POST'),
+    page.keyboard.press('Enter'),
+  ]);
+  result.pause = { status: paused.status(), seq: Number(paused.headers()['x-event-seq']) };
+  await pauseDialog.waitFor({ state: 'detached' });
+  await page.locator(`[data-testid="queues"] tr[data-name="${want.queue}"][data-paused="true"]`).waitFor({ timeout: 10000 }).catch(() => {});
+  result.checks.queueState = (await queueRow.getByTestId('state').textContent()).trim();
+  result.checks.queuesNotice = await page.getByTestId('queues-notice').textContent();
+  await shot(page, 'queues-1280');
+  step('queue paused');
+
   // The same pages on a phone's width: nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
   result.checks.overflow390 = {};
@@ -207,6 +231,7 @@ try {
     ['jobs', `#/jobs?type=${encodeURIComponent(want.filter.type)}`, () => !!document.querySelector('[data-testid="result-count"]')],
     ['job', `#/jobs/${want.dlqId}`, () => !!document.querySelector('[data-testid="timeline"] li')],
     ['dlq', '#/dlq', () => !!document.querySelector('[data-testid="dlq"]') && !!document.querySelector('[data-testid="dlq-summary"]')],
+    ['queues', '#/queues', () => !!document.querySelector('[data-testid="queues"]') && !!document.querySelector('[data-testid="schedules"]')],
   ]) {
     await page.goto(`${base}/jobs/v1/ui/${hash}`);
     await page.waitForFunction(ready);

@@ -2,9 +2,9 @@
 //! the gateway, offline: the test makes jobs through the API (two types pending, one scheduled,
 //! one completed, two dead-lettered by a worker), then `tests/browser/ui.mjs` signs in through
 //! the form, checks the overview's counts, filters the list, retries one dead-lettered job
-//! through the confirmation dialog and redrives the other by filter, and as the admin drains
-//! the worker; the test then checks through the API that both jobs are pending and the worker
-//! draining. Screenshots (1280 px and
+//! through the confirmation dialog and redrives the other by filter, pauses the queue
+//! "reports" on the Queues page, and as the admin drains the worker; the test then checks
+//! through the API that both jobs are pending, the queue paused and the worker draining. Screenshots (1280 px and
 //! 390 px) are kept in `$CARGO_TARGET_DIR/test-artifacts/dashboard/`.
 
 use std::collections::BTreeSet;
@@ -80,7 +80,12 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
         let id = enqueue(
             &app,
             &dev,
-            json!({"type": "pdf.render", "payload": {"doc": n}}),
+            // One in the queue "reports", which the browser pauses.
+            if n == 0 {
+                json!({"type": "pdf.render", "queue": "reports", "payload": {"doc": n}})
+            } else {
+                json!({"type": "pdf.render", "payload": {"doc": n}})
+            },
         )
         .await;
         pdf.insert(id);
@@ -167,6 +172,7 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
         },
         "filter": {"type": "pdf.render", "status": "scheduled"},
         "dlqId": dead,
+        "queue": "reports",
         "admin": {"email": "admin@eventzr.com", "password": "Password123!", "worker": w.id()},
     });
     let shots = artifacts("dashboard");
@@ -205,6 +211,9 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
         ("GET", "/jobs/v1/metrics", 200),
         ("GET", "/jobs/v1/jobs", 200),
         ("GET", "/jobs/v1/dlq", 200),
+        ("GET", "/jobs/v1/queues", 200),
+        ("GET", "/jobs/v1/types", 200),
+        ("GET", "/jobs/v1/schedules", 200),
     ] {
         assert!(
             gateway.contains(&json!({"method": method, "path": path, "status": status})),
@@ -281,6 +290,7 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
         "overviewUnlabelled",
         "jobsUnlabelled",
         "dlqUnlabelled",
+        "queuesUnlabelled",
         "adminUnlabelled",
     ] {
         assert_eq!(checks[page], json!([]), "unlabelled controls on {page}");
@@ -303,6 +313,25 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
     assert_eq!(job["data"]["status"], "pending");
     let dlq = get(&app, &dev, "/jobs/v1/dlq", seq).await;
     assert_eq!(dlq["data"], json!([]));
+    // ...the queue "reports" is paused (the page said so too)...
+    assert_eq!(result["pause"]["status"], 200);
+    assert!(
+        checks["queueState"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("paused")),
+        "queue state shown: {}",
+        checks["queueState"]
+    );
+    assert_eq!(checks["queuesNotice"], "The queue reports is paused.");
+    let seq = result["pause"]["seq"].as_u64().unwrap_or(0);
+    let queues = get(&app, &dev, "/jobs/v1/queues", seq).await;
+    let reports = queues["data"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["name"] == "reports")
+        .unwrap_or_else(|| panic!("no queue reports in {queues}"));
+    assert_eq!(reports["paused"], true, "{reports}");
     // ...and the admin's drain reached the worker registry.
     assert_eq!(result["drain"]["status"], 200);
     let admin = app

@@ -1,4 +1,4 @@
-// The dashboard's shell: the hash router (#/overview, #/jobs, #/jobs/<id>, #/dlq, #/admin,
+// The dashboard's shell: the hash router (#/overview, #/jobs, #/jobs/<id>, #/dlq, #/queues, #/admin,
 // #/signin), the navigation, who is signed in, and moving focus to each new page's heading.
 
 import { session } from './api.js';
@@ -8,12 +8,14 @@ import { overview } from './views/overview.js';
 import { jobs } from './views/jobs.js';
 import { job } from './views/job.js';
 import { dlq } from './views/dlq.js';
+import { queues } from './views/queues.js';
 import { admin } from './views/admin.js';
 
 const NAV = [
   ['overview', 'Overview'],
   ['jobs', 'Jobs'],
   ['dlq', 'Dead letters'],
+  ['queues', 'Queues'],
   ['admin', 'Admin', () => session.isAdmin()],
 ];
 
@@ -86,7 +88,7 @@ async function render() {
   renderNav(name === 'job' ? 'jobs' : name);
   main.replaceChildren();
   main.setAttribute('aria-busy', 'true');
-  const view = { signin, overview, jobs, job, dlq, admin }[name];
+  const view = { signin, overview, jobs, job, dlq, queues, admin }[name];
   const ctx = {
     main,
     parts,
