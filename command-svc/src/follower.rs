@@ -153,6 +153,21 @@ fn mark_caught_up(engine: &Engine) {
     }
 }
 
+/// Puts a timed command's job back under watch, to be tried again at `at`: its expiry (lease
+/// or waiting job) or its dependencies.
+fn look_again(
+    engine: &Engine,
+    job_id: uuid::Uuid,
+    cmd: &Command,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    match cmd {
+        Command::Expire => engine.model().rewatch_expiry(&job_id, at),
+        Command::Cancel { .. } => engine.model().recheck(&job_id, at),
+        _ => engine.model().rewatch(&job_id, at),
+    }
+}
+
 /// Makes scheduled jobs ready when due and expires leases that ran out.
 pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
     loop {
@@ -181,12 +196,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
             if !engine.is_caught_up() {
                 // While replaying, a lease (or a waiting job) may look due only because what
                 // followed is not replayed yet: look again once caught up.
-                let again = now + chrono::Duration::seconds(1);
-                match cmd {
-                    Command::Expire => engine.model().rewatch_expiry(&job_id, again),
-                    Command::Cancel { .. } => engine.model().recheck(&job_id, now),
-                    _ => engine.model().rewatch(&job_id, again),
-                }
+                look_again(&engine, job_id, &cmd, now + chrono::Duration::seconds(1));
                 continue;
             }
             let engine = engine.clone();
@@ -203,11 +213,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
                     Err(e) => {
                         tracing::warn!(%job_id, error = %e, "a timed command failed; will retry");
                         let again = common::now() + chrono::Duration::seconds(1);
-                        match cmd {
-                            Command::Expire => engine.model().rewatch_expiry(&job_id, again),
-                            Command::Cancel { .. } => engine.model().recheck(&job_id, again),
-                            _ => engine.model().rewatch(&job_id, again),
-                        }
+                        look_again(&engine, job_id, &cmd, again);
                         engine.timers.notify_one();
                     }
                 }

@@ -93,8 +93,8 @@ enum Place {
 enum Dependencies {
     /// These have not ended yet (or are not known here yet).
     Waiting(HashSet<Uuid>),
-    /// One ended without completing and the job's policy is `cancel`.
-    Failed,
+    /// This one ended so, without completing, and the job's policy is `cancel`.
+    Failed(Uuid, Status),
     /// Every one completed (or ended, under `run_anyway`).
     Met,
 }
@@ -289,14 +289,6 @@ impl WriteModel {
         }
     }
 
-    /// How many of the tenant's jobs with this concurrency key are leased.
-    pub fn key_leased(&self, tenant: Uuid, key: &str) -> u32 {
-        self.key_leased
-            .get(&(tenant, key.to_string()))
-            .copied()
-            .unwrap_or(0)
-    }
-
     /// Whether a lease of a job with `limit` may start at `now` (leased count and the last
     /// second's starts under the limits).
     pub fn key_open(
@@ -437,8 +429,7 @@ impl WriteModel {
                 Some(Status::Completed) => {}
                 Some(s @ (Status::DeadLettered | Status::Cancelled | Status::Expired)) => {
                     if !run_anyway {
-                        let _ = s;
-                        return Dependencies::Failed;
+                        return Dependencies::Failed(*dep, s);
                     }
                 }
                 _ => {
@@ -451,18 +442,6 @@ impl WriteModel {
         } else {
             Dependencies::Waiting(waiting)
         }
-    }
-
-    /// The first failed dependency of a job under the `cancel` policy.
-    fn failed_dependency(&self, job: &Job) -> Option<(Uuid, Status)> {
-        job.depends_on
-            .iter()
-            .find_map(|dep| match self.dependency_status(dep) {
-                Some(s @ (Status::DeadLettered | Status::Cancelled | Status::Expired)) => {
-                    Some((*dep, s))
-                }
-                _ => None,
-            })
     }
 
     fn unblock(&mut self, id: &Uuid) {
@@ -501,11 +480,6 @@ impl WriteModel {
         }
     }
 
-    /// Jobs waiting for dependencies that have not ended (for `explain`-like answers).
-    pub fn blocked_on(&self, id: &Uuid) -> Option<&HashSet<Uuid>> {
-        self.blocked.get(id)
-    }
-
     /// The dead-lettered jobs of a tenant.
     pub fn dead_lettered(&self, tenant: Uuid) -> impl Iterator<Item = &Job> {
         self.jobs
@@ -533,10 +507,8 @@ impl WriteModel {
         if matches!(job.status, Status::Scheduled | Status::Pending) && !job.depends_on.is_empty() {
             match self.dependencies(&job) {
                 Dependencies::Met => {}
-                Dependencies::Failed => {
-                    if let Some((dep, status)) = self.failed_dependency(&job) {
-                        self.dependency_failed.push((id, dep, status));
-                    }
+                Dependencies::Failed(dep, status) => {
+                    self.dependency_failed.push((id, dep, status));
                     self.placed.insert(id, Place::Blocked);
                     self.store(id, Some(job));
                     return false;

@@ -134,21 +134,25 @@ impl EventStore {
                 "the batch ack counts {} messages, not 2",
                 ack.batch_size
             ))),
-            Err(e) if e.to_string().contains("wrong last sequence") => {
-                self.metrics.conflicts.inc();
-                Err(AppendError::Conflict)
-            }
-            Err(e) => Err(match e.kind() {
-                BatchPublishErrorKind::MaxMessagesExceeded
-                | BatchPublishErrorKind::EmptyBatch
-                | BatchPublishErrorKind::BatchClosed
-                | BatchPublishErrorKind::BatchPublishUnsupportedHeader
-                | BatchPublishErrorKind::BatchPublishDuplicateMsgId
-                | BatchPublishErrorKind::BatchPublishNotEnabled => {
-                    AppendError::Other(e.to_string())
-                }
-                _ => AppendError::Unavailable(e.to_string()),
-            }),
+            Err(e) => Err(self.batch_error(e)),
+        }
+    }
+
+    /// What an atomic batch's failure means: a conflict (some message's expected sequence was
+    /// wrong: nothing stored), our own mistake in building it, or the store not answering.
+    fn batch_error(&self, e: jetstream_extra::batch_publish::BatchPublishError) -> AppendError {
+        if e.to_string().contains("wrong last sequence") {
+            self.metrics.conflicts.inc();
+            return AppendError::Conflict;
+        }
+        match e.kind() {
+            BatchPublishErrorKind::MaxMessagesExceeded
+            | BatchPublishErrorKind::EmptyBatch
+            | BatchPublishErrorKind::BatchClosed
+            | BatchPublishErrorKind::BatchPublishUnsupportedHeader
+            | BatchPublishErrorKind::BatchPublishDuplicateMsgId
+            | BatchPublishErrorKind::BatchPublishNotEnabled => AppendError::Other(e.to_string()),
+            _ => AppendError::Unavailable(e.to_string()),
         }
     }
 
@@ -297,23 +301,7 @@ impl EventStore {
                 let first = ack.sequence + 1 - items.len() as u64;
                 Ok((first..=ack.sequence).collect())
             }
-            Err(e) => Err(match e.kind() {
-                _ if e.to_string().contains("wrong last sequence") => {
-                    self.metrics.conflicts.inc();
-                    AppendError::Conflict
-                }
-                // Our own mistakes in building the batch are bugs; the rest is the store
-                // refusing or not answering, which stored nothing.
-                BatchPublishErrorKind::MaxMessagesExceeded
-                | BatchPublishErrorKind::EmptyBatch
-                | BatchPublishErrorKind::BatchClosed
-                | BatchPublishErrorKind::BatchPublishUnsupportedHeader
-                | BatchPublishErrorKind::BatchPublishDuplicateMsgId
-                | BatchPublishErrorKind::BatchPublishNotEnabled => {
-                    AppendError::Other(e.to_string())
-                }
-                _ => AppendError::Unavailable(e.to_string()),
-            }),
+            Err(e) => Err(self.batch_error(e)),
         }
     }
 }

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use common::ApiError;
 use events::{Job, UniqueSpec};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::startup::AppState;
@@ -61,9 +60,7 @@ pub enum Claimed {
 }
 
 fn kv_key(tenant: Uuid, key: &str) -> String {
-    let h = Sha256::digest(key.as_bytes());
-    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{tenant}.{hex}")
+    format!("{tenant}.{}", events::platform::hash_token(key))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -69,9 +69,7 @@ pub enum PlatformEvent {
 
 /// The subject of a tenant's concurrency key's slot events.
 pub fn concurrency_subject(tenant_id: Uuid, key: &str) -> String {
-    let h = Sha256::digest(key.as_bytes());
-    let hex: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("jobs.tenants.{tenant_id}.limits.{hex}")
+    format!("jobs.tenants.{tenant_id}.limits.{}", hash_token(key))
 }
 
 /// What a pause applies to: a queue or a job type, of one tenant.
@@ -154,10 +152,16 @@ impl PlatformEvent {
     }
 }
 
-/// A subject-safe token for a worker id (ids are URIs, with dots and slashes).
-pub fn worker_token(worker_id: &str) -> String {
-    let h = Sha256::digest(worker_id.as_bytes());
+/// A subject-safe token for any text (worker ids are URIs, keys are free text): the hex of the
+/// first 16 bytes of its SHA-256.
+pub fn hash_token(text: &str) -> String {
+    let h = Sha256::digest(text.as_bytes());
     h[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A subject-safe token for a worker id.
+pub fn worker_token(worker_id: &str) -> String {
+    hash_token(worker_id)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
