@@ -371,6 +371,32 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Waits until a service answers its `/readyz` (command-svc: caught up with the stream).
+pub async fn wait_ready(instance: &Running) {
+    let url = format!("{}/readyz", instance.url());
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the instance to be ready", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+}
+
+/// A directory for a test's artifacts (screenshots, reports), kept after the run:
+/// `$CARGO_TARGET_DIR/test-artifacts/<name>` (or `target/` in the workspace).
+pub fn artifacts_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("test-artifacts")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
 /// Reads a JSON response body, with context on failure.
 pub async fn json(res: Response) -> anyhow::Result<Value> {
     let text = res.text().await?;

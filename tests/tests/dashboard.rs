@@ -8,7 +8,6 @@
 //! 390 px) are kept in `$CARGO_TARGET_DIR/test-artifacts/dashboard/`.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,16 +19,6 @@ use uuid::Uuid;
 /// The seed's developer (dev@eventzr.com, role member) and admin (another tenant).
 const DEV_TENANT: &str = "10000000-0000-4000-8000-000000000004";
 const ADMIN_TENANT: &str = "10000000-0000-4000-8000-000000000001";
-
-fn artifacts(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tests::workspace_root().join("target"))
-        .join("test-artifacts")
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("artifacts dir");
-    dir
-}
 
 /// Enqueues `body` as `token`; returns the job's id.
 async fn enqueue(app: &TestApp, token: &str, body: Value) -> String {
@@ -175,7 +164,7 @@ async fn dashboard_shows_the_counts_filters_and_retries_a_dead_letter_offline() 
         "queue": "reports",
         "admin": {"email": "admin@eventzr.com", "password": "Password123!", "worker": w.id()},
     });
-    let shots = artifacts("dashboard");
+    let shots = tests::artifacts_dir("dashboard");
     let script = tests::workspace_root().join("tests/browser/ui.mjs");
     let (base, arg) = (gw.url(), want.to_string());
     let out = tokio::task::spawn_blocking(move || {

@@ -3,21 +3,10 @@
 //! request sent from it reaches the gateway. The screenshot is kept in
 //! `$CARGO_TARGET_DIR/test-artifacts/docs-page/`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{json, Value};
 use tests::{dev_auth_config, dev_users_file, start_dev_auth, Gateway, TestApp};
-
-fn artifacts(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tests::workspace_root().join("target"))
-        .join("test-artifacts")
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("artifacts dir");
-    dir
-}
 
 #[tokio::test]
 async fn docs_page_renders_offline_and_try_it_reaches_the_gateway() {
@@ -28,7 +17,7 @@ async fn docs_page_renders_offline_and_try_it_reaches_the_gateway() {
     let gw = Gateway::start_with_dev_login(app.command.port, app.query.port, auth.port)
         .await
         .expect("gateway");
-    let shots = artifacts("docs-page");
+    let shots = tests::artifacts_dir("docs-page");
     let script = tests::workspace_root().join("tests/browser/docs.mjs");
     let base = gw.url();
     let out = tokio::task::spawn_blocking(move || {

@@ -186,16 +186,6 @@ fn run_schemathesis(bin: &PathBuf, report: &std::path::Path, args: &[String]) ->
         .unwrap_or_else(|| panic!("no count of tested operations in:\n{stdout}"))
 }
 
-fn artifacts(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tests::workspace_root().join("target"))
-        .join("test-artifacts")
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("artifacts dir");
-    dir
-}
-
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_document() {
     let bin = tokio::task::spawn_blocking(schemathesis)
@@ -223,7 +213,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_docume
         "--exclude-path-regex".into(),
         "^/jobs/v1/worker/".into(),
     ];
-    let report = artifacts("schemathesis-public");
+    let report = tests::artifacts_dir("schemathesis-public");
     let tested = tokio::task::spawn_blocking(move || run_schemathesis(&bin, &report, &public))
         .await
         .expect("join");
@@ -248,7 +238,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_docume
         "--include-path-regex".into(),
         "^/jobs/v1/worker/".into(),
     ];
-    let report = artifacts("schemathesis-worker");
+    let report = tests::artifacts_dir("schemathesis-worker");
     let tested = tokio::time::timeout(
         Duration::from_secs(600),
         tokio::task::spawn_blocking(move || run_schemathesis(&bin, &report, &worker)),

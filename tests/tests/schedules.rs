@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tests::{event_seq, Running, TestApp};
+use tests::{event_seq, TestApp};
 use uuid::Uuid;
 
 fn template() -> Value {
@@ -108,18 +108,6 @@ async fn fired_until(
     .await
 }
 
-async fn wait_ready(http: &reqwest::Client, instance: &Running) {
-    let url = format!("{}/readyz", instance.url());
-    tests::eventually(Duration::from_secs(20), "the instance to be ready", || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let r = http.get(url).send().await.ok()?;
-            r.status().is_success().then_some(())
-        }
-    })
-    .await;
-}
-
 async fn sleep_until(t: DateTime<Utc>) {
     if let Ok(d) = (t - Utc::now()).to_std() {
         tokio::time::sleep(d).await;
@@ -142,7 +130,7 @@ async fn every_second_for_ten_seconds_on_two_instances_enqueues_ten_jobs_across_
     let second = tests::start_command(&app.nats.url(), &app.keys)
         .await
         .expect("second command-svc starts");
-    wait_ready(&app.http, &second).await;
+    tests::wait_ready(&second).await;
     // Ten slots, from a whole second a little ahead: start, start + 1 s, ..., start + 9 s.
     let start = whole_second_in(3);
     let end = start + chrono::Duration::seconds(9);
@@ -169,7 +157,7 @@ async fn every_second_for_ten_seconds_on_two_instances_enqueues_ten_jobs_across_
     let third = tests::start_command(&url, &app.keys)
         .await
         .expect("third command-svc starts");
-    wait_ready(&app.http, &third).await;
+    tests::wait_ready(&third).await;
 
     let all = fired_until(&url, id, Duration::from_secs(40), "the tenth firing", |f| {
         f.contains_key(&end)
@@ -249,7 +237,7 @@ async fn missed_slots_follow_the_catch_up_policy_after_an_outage() {
     app.command = tests::start_command(&url, &app.keys)
         .await
         .expect("command-svc restarts");
-    wait_ready(&app.http, &app.command).await;
+    tests::wait_ready(&app.command).await;
 
     let last_before = |p: &str| *before[p].keys().last().expect("fired");
     let one = fired_until(

@@ -173,23 +173,8 @@ async fn a_pause_holds_on_every_instance_and_across_restarts() {
         .await;
     post(&app, "/jobs/v1/queues/held/pause").await;
     // A second instance, started after the pause, learns it from the stream.
-    let second = tests::start_command(&app.nats.url(), &app.keys)
-        .await
-        .expect("second command-svc starts");
     // Ready once it has caught up with the stream (pause included).
-    let url = format!("{}/readyz", second.url());
-    tests::eventually(
-        std::time::Duration::from_secs(20),
-        "second instance ready",
-        || {
-            let (http, url) = (app.http.clone(), url.clone());
-            async move {
-                let r = http.get(url).send().await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        },
-    )
-    .await;
+    let second = ready_instance(&app).await;
     let pem = tests::Tls::get().worker_pem("second-instance-worker");
     let worker = tests::Worker::new(second.worker_port, &pem, "second-instance-worker");
     let none = worker
@@ -548,27 +533,7 @@ fn max_concurrent_by_key(
 #[tokio::test]
 async fn a_concurrency_key_caps_its_leases_across_instances_and_other_keys_are_served() {
     let app = TestApp::spawn().await;
-    let second = tests::start_command(&app.nats.url(), &app.keys)
-        .await
-        .expect("second command-svc starts");
-    let url = format!("{}/readyz", second.url());
-    tests::eventually(
-        std::time::Duration::from_secs(20),
-        "second instance ready",
-        || {
-            let (http, url) = (app.http.clone(), url.clone());
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    let second = ready_instance(&app).await;
     // 24 jobs of one busy customer (at most 2 at once), 6 of another (at most 3), 6 unkeyed.
     let mut key_of = std::collections::HashMap::new();
     let mut jobs = Vec::new();
@@ -654,28 +619,12 @@ async fn a_concurrency_key_caps_its_leases_across_instances_and_other_keys_are_s
     second.stop().await;
 }
 
+/// A second command-svc on the same stream, caught up (ready).
 async fn ready_instance(app: &TestApp) -> tests::Running {
     let second = tests::start_command(&app.nats.url(), &app.keys)
         .await
         .expect("second command-svc starts");
-    let url = format!("{}/readyz", second.url());
-    tests::eventually(
-        std::time::Duration::from_secs(20),
-        "second instance ready",
-        || {
-            let (http, url) = (app.http.clone(), url.clone());
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    tests::wait_ready(&second).await;
     second
 }
 
