@@ -103,11 +103,11 @@ async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
     let js = async_nats::jetstream::new(client);
     // One reference stream (one benchmark at a time), made afresh.
     let name = "BENCH_RAW".to_string();
-    let prefix = format!("bench.{}", Uuid::new_v4().simple());
+    let prefix = format!("bench.raw.{}", Uuid::new_v4().simple());
     let _ = js.delete_stream(&name).await;
     js.create_stream(async_nats::jetstream::stream::Config {
         name: name.clone(),
-        subjects: vec!["bench.>".to_string()],
+        subjects: vec!["bench.raw.>".to_string()],
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
     })
@@ -141,6 +141,69 @@ async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
     let _ = js.delete_stream(&name).await;
     Ok(rate)
 }
+
+/// Atomic batches of `size` 256-byte messages (expected-sequence 0, unique subjects), `inflight`
+/// batches at a time, to a file-storage stream on the same server: what one store write
+/// carrying many events reaches here (the ceiling of group commit and of batch enqueue).
+/// Returns messages per second.
+async fn raw_batch_publish(nats: &str, seconds: f64, size: usize) -> anyhow::Result<f64> {
+    use jetstream_extra::batch_publish::BatchPublishExt;
+    let client = common::nats::connect_once(nats)
+        .await
+        .context("connecting to NATS")?;
+    let js = async_nats::jetstream::new(client);
+    let name = "BENCH_RAW_BATCH".to_string();
+    let prefix = format!("bench.batch.{}", Uuid::new_v4().simple());
+    let _ = js.delete_stream(&name).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec!["bench.batch.>".to_string()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await
+    .context("creating the batch reference stream")?;
+    let body = bytes_256();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let one_batch = || {
+        let (js, body, prefix) = (js.clone(), body.clone(), prefix.clone());
+        async move {
+            let message = || {
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload(body.clone())
+                    .expected_last_subject_sequence(0)
+                    .outbound_message(format!("{prefix}.{}", Uuid::new_v4().simple()))
+            };
+            let mut batch = js.batch_publish().ack_first(false).build();
+            for _ in 1..size {
+                batch.add_message(message()).await?;
+            }
+            batch.commit_message(message()).await?;
+            anyhow::Ok(size as u64)
+        }
+    };
+    let mut inflight = FuturesUnordered::new();
+    let mut done = 0u64;
+    while Instant::now() < deadline {
+        while inflight.len() < RAW_BATCHES_IN_FLIGHT {
+            inflight.push(one_batch());
+        }
+        if let Some(r) = inflight.next().await {
+            done += r?;
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        done += r?;
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    let _ = js.delete_stream(&name).await;
+    Ok(rate)
+}
+
+/// Atomic batches the batch reference keeps in flight.
+const RAW_BATCHES_IN_FLIGHT: usize = 8;
 
 fn bytes_256() -> bytes::Bytes {
     bytes::Bytes::from(vec![b'x'; 256])
@@ -290,6 +353,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     eprintln!("bench: raw JetStream publishes");
     let raw = raw_publish(&args.nats_url, s).await?;
+    eprintln!("bench: raw JetStream atomic batches of 100");
+    let raw_batch = raw_batch_publish(&args.nats_url, s, 100).await?;
 
     eprintln!("bench: enqueue, {} connections", args.concurrency);
     let lat = Arc::new(Lat::default());
@@ -533,6 +598,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let r = |x: f64| (x * 100.0).round() / 100.0;
     let figures = json!({
         "raw_publish_per_s": r(raw),
+        "raw_batch_publish_per_s": r(raw_batch),
         "enqueue_per_s": r(enqueue),
         "enqueue_p50_ms": lat.pct_ms(0.5),
         "enqueue_p99_ms": lat.pct_ms(0.99),

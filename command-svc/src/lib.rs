@@ -5,6 +5,7 @@
 pub mod config;
 pub mod engine;
 pub mod follower;
+pub mod group;
 pub mod idempotency;
 pub mod ids;
 pub mod limits;

@@ -13,7 +13,7 @@ use events::Envelope;
 use jetstream_extra::batch_publish::{BatchPublishErrorKind, BatchPublishExt};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     /// Another writer appended to the job first: re-read and re-decide, or answer 409.
     #[error("the job changed while the command ran")]
@@ -42,6 +42,7 @@ pub struct StoreMetrics {
     appended: IntCounterVec,
     conflicts: IntCounter,
     latency: Histogram,
+    group_size: Histogram,
 }
 
 impl StoreMetrics {
@@ -70,7 +71,16 @@ impl StoreMetrics {
                 ]),
             )
             .expect("valid metric"),
+            group_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "jobs_append_group_events",
+                    "Single-event appends written together in one store write (group commit).",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )
+            .expect("valid metric"),
         };
+        m.register(&s.group_size);
         m.register(&s.appended);
         m.register(&s.conflicts);
         m.register(&s.latency);
@@ -83,6 +93,7 @@ pub struct EventStore {
     client: Client,
     js: async_nats::jetstream::Context,
     metrics: StoreMetrics,
+    group: crate::group::GroupCommit,
 }
 
 impl EventStore {
@@ -117,7 +128,12 @@ impl EventStore {
             Some(headers),
         );
         let result = async {
-            let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+            let mut batch = self
+                .js
+                .batch_publish()
+                .ack_first(false)
+                .timeout(REQUEST_TIMEOUT)
+                .build();
             batch.add_message(first).await?;
             batch.commit_message(second).await
         }
@@ -156,11 +172,14 @@ impl EventStore {
         }
     }
 
+    /// Starts the group committer on the current runtime.
     pub fn new(client: Client, js: async_nats::jetstream::Context, metrics: StoreMetrics) -> Self {
+        let group = crate::group::GroupCommit::start(js.clone(), metrics.group_size.clone());
         Self {
             client,
             js,
             metrics,
+            group,
         }
     }
 
@@ -173,8 +192,10 @@ impl EventStore {
         Ok(())
     }
 
-    /// Appends one event, conditional on the job's last subject sequence (0 for a new job).
-    /// Returns the event's stream sequence.
+    /// Appends one event, conditional on the job's last subject sequence (0 for a new job),
+    /// through the group committer (`crate::group`): alone when nothing else is waiting, in
+    /// one atomic batch with the appends beside it when the service is busy. Returns the
+    /// event's stream sequence.
     #[tracing::instrument(skip_all, fields(event = env.type_name(), job_id = %env.job_id), err)]
     pub async fn append(
         &self,
@@ -184,35 +205,30 @@ impl EventStore {
     ) -> Result<u64, AppendError> {
         self.check_connected()?;
         let start = Instant::now();
-        let publish = PublishMessage::build()
-            .payload(env.to_json().into())
-            .headers(event_headers(env, traceparent, Some(expected_seq)))
-            .message_id(env.event_id.to_string());
-        let subject = job_subject(env.tenant_id, env.job_id);
-        let result = async {
-            let ack = self.js.send_publish(subject, publish).await?;
-            ack.await
-        }
-        .await;
+        let result = self
+            .group
+            .write(
+                job_subject(env.tenant_id, env.job_id),
+                env.to_json().into(),
+                event_headers(env, traceparent, Some(expected_seq)),
+                env.event_id.to_string(),
+            )
+            .await;
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
         match result {
-            Ok(ack) if ack.duplicate => self.confirm_duplicate(env, ack.sequence).await,
-            Ok(ack) => {
+            Ok(w) if w.duplicate => self.confirm_duplicate(env, w.seq).await,
+            Ok(w) => {
                 self.metrics
                     .appended
                     .with_label_values(&[env.type_name()])
                     .inc();
-                Ok(ack.sequence)
+                Ok(w.seq)
             }
-            Err(e) => Err(match e.kind() {
-                PublishErrorKind::WrongLastSequence => {
-                    self.metrics.conflicts.inc();
-                    AppendError::Conflict
-                }
-                // Anything else the event store answered (no responders while a cluster
-                // elects a leader, "temporarily unavailable", a timeout): it stored nothing.
-                _ => AppendError::Unavailable(e.to_string()),
-            }),
+            Err(AppendError::Conflict) => {
+                self.metrics.conflicts.inc();
+                Err(AppendError::Conflict)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -275,7 +291,12 @@ impl EventStore {
             .split_last()
             .ok_or_else(|| AppendError::Other("empty batch".into()))?;
         let result = async {
-            let mut batch = self.js.batch_publish().timeout(REQUEST_TIMEOUT).build();
+            let mut batch = self
+                .js
+                .batch_publish()
+                .ack_first(false)
+                .timeout(REQUEST_TIMEOUT)
+                .build();
             for item in init {
                 batch.add_message(message(item)).await?;
             }
