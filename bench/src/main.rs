@@ -2,10 +2,16 @@
 //! physical limit of its own NATS server, in one run, and prints a table for people and, last,
 //! one JSON line for machines. It starts nothing itself.
 //!
-//! Phases: raw pipelined JetStream publishes (the reference), HTTP enqueue at a concurrency,
-//! batch enqueue, the full cycle (enqueue while mTLS workers lease and complete), then query
-//! latency on whatever the read model holds. Every throughput is also given as a ratio of
-//! `raw_publish_per_s`.
+//! Phases, per stack: optionally seeding pending jobs (command-svc's RSS per pending job, query
+//! latency at 10,000 and at the full count), raw pipelined JetStream publishes and raw atomic
+//! batches (the references), HTTP enqueue at a concurrency, batch enqueue, lease latency at a
+//! paced 100 jobs/s, the full cycle (enqueue while mTLS workers lease and complete), query
+//! latency, and optionally command-svc's restart-to-ready and the projector's rebuild rate.
+//! Every throughput is also given as a ratio of `raw_publish_per_s` of the same stack.
+//!
+//! Several stacks (`--stack deploy/.run/stack.env --stack deploy/.run-1/stack.env`, as
+//! `deploy/up [--instance N] [--sync default]` writes them) are measured one after the other in
+//! one run: that is how both durability settings of the stream are reported side by side.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,9 +55,111 @@ struct Args {
     /// Workers in the cycle phase (each leases up to 10 jobs at a time).
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Before measuring, fill the read model with this many jobs (batches of 500).
+    /// Before measuring, enqueue this many jobs that stay pending (batches of 500): command-svc's
+    /// RSS per pending job, and query latency at 10,000 and at this many jobs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// NATS monitoring endpoint, to report the server's sync setting.
+    #[arg(long, default_value = "http://127.0.0.1:8333")]
+    nats_monitor: String,
+    /// A stack to measure, as `deploy/up` describes it in `deploy/.run[-N]/stack.env`; repeat for
+    /// several (each gets every phase). Without it, the flags above describe the one stack.
+    #[arg(long)]
+    stack: Vec<String>,
+    /// Restart command-svc (the stack's RESTART_COMMAND) after seeding and time it to ready.
+    #[arg(long)]
+    restart: bool,
+    /// Rebuild the read model (the stack's REBUILD_COMMAND) at the end and report events/s.
+    #[arg(long)]
+    rebuild: bool,
+}
+
+/// One stack under test.
+#[derive(Clone, Default)]
+struct Stack {
+    gateway: String,
+    worker_url: String,
+    nats_url: String,
+    nats_monitor: String,
+    command_pid_file: Option<String>,
+    command_ready: Option<String>,
+    restart_command: Option<String>,
+    rebuild_command: Option<String>,
+}
+
+impl Stack {
+    fn from_args(a: &Args) -> Self {
+        Self {
+            gateway: a.gateway.clone(),
+            worker_url: a.worker_url.clone(),
+            nats_url: a.nats_url.clone(),
+            nats_monitor: a.nats_monitor.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads `KEY=value` lines as `deploy/up` writes them.
+    fn from_file(path: &str) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let mut s = Self::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = v.to_string();
+            match k {
+                "GATEWAY" => s.gateway = v,
+                "WORKER_URL" => s.worker_url = v,
+                "NATS_URL" => s.nats_url = v,
+                "NATS_MONITOR" => s.nats_monitor = v,
+                "COMMAND_PID_FILE" => s.command_pid_file = Some(v),
+                "COMMAND_READY" => s.command_ready = Some(v),
+                "RESTART_COMMAND" => s.restart_command = Some(v),
+                "REBUILD_COMMAND" => s.rebuild_command = Some(v),
+                _ => {}
+            }
+        }
+        if s.gateway.is_empty() || s.worker_url.is_empty() || s.nats_url.is_empty() {
+            bail!("{path} lacks GATEWAY, WORKER_URL or NATS_URL");
+        }
+        Ok(s)
+    }
+
+    /// The server's sync setting as its monitoring endpoint reports it: "always" (fsync before
+    /// every acknowledgement), "default" (the server's default interval) or "unknown".
+    async fn sync(&self, http: &reqwest::Client) -> String {
+        let varz: Option<Value> = async {
+            http.get(format!("{}/varz", self.nats_monitor))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        }
+        .await;
+        match varz.as_ref().map(|v| &v["jetstream"]["config"]) {
+            Some(c) if c["sync_always"] == json!(true) => "always".into(),
+            Some(c) if c.is_object() => "default".into(),
+            _ => "unknown".into(),
+        }
+    }
+
+    /// command-svc's resident set, from /proc (the stack runs on this machine).
+    fn command_rss(&self) -> Option<u64> {
+        let pid = std::fs::read_to_string(self.command_pid_file.as_ref()?).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kb * 1024)
+    }
 }
 
 fn token(key: &str, tenant: Uuid, roles: &[&str]) -> anyhow::Result<String> {
@@ -211,7 +319,7 @@ fn bytes_256() -> bytes::Bytes {
 
 struct Ctx {
     http: reqwest::Client,
-    args: Args,
+    gateway: String,
     token: String,
 }
 
@@ -255,7 +363,7 @@ async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> 
     let t = Instant::now();
     let res = c
         .http
-        .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
+        .post(format!("{}/jobs/v1/enqueue", c.gateway))
         .bearer_auth(&c.token)
         .json(&payload(job_type))
         .send()
@@ -267,11 +375,12 @@ async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> 
     Ok(1)
 }
 
-async fn enqueue_batch(c: &Ctx, n: usize) -> anyhow::Result<u64> {
-    let jobs: Vec<Value> = (0..n).map(|_| payload(LOAD_TYPE)).collect();
+/// Enqueues `n` jobs of `job_type` in one batch; returns how many and the last event sequence.
+async fn enqueue_batch(c: &Ctx, n: usize, job_type: &str) -> anyhow::Result<(u64, u64)> {
+    let jobs: Vec<Value> = (0..n).map(|_| payload(job_type)).collect();
     let res = c
         .http
-        .post(format!("{}/jobs/v1/enqueue/batch", c.args.gateway))
+        .post(format!("{}/jobs/v1/enqueue/batch", c.gateway))
         .bearer_auth(&c.token)
         .json(&json!({ "jobs": jobs }))
         .send()
@@ -279,7 +388,13 @@ async fn enqueue_batch(c: &Ctx, n: usize) -> anyhow::Result<u64> {
     if res.status() != 201 {
         bail!("batch enqueue answered {}", res.status());
     }
-    Ok(n as u64)
+    let seq = res
+        .headers()
+        .get("x-event-seq")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((n as u64, seq))
 }
 
 fn worker_client(a: &Args) -> anyhow::Result<reqwest::Client> {
@@ -302,14 +417,83 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let tenant = Uuid::new_v4();
-    let admin = token(&args.jwt_key, tenant, &["admin", "member"])?;
+    let stacks: Vec<Stack> = if args.stack.is_empty() {
+        vec![Stack::from_args(&args)]
+    } else {
+        args.stack
+            .iter()
+            .map(|p| Stack::from_file(p))
+            .collect::<anyhow::Result<_>>()?
+    };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    let mut runs: Vec<(String, Value)> = Vec::new();
+    for stack in &stacks {
+        let sync = stack.sync(&http).await;
+        eprintln!("bench: stack {} (sync {sync})", stack.gateway);
+        let figures = measure(&args, stack, &http).await?;
+        let mut label = format!("sync_{sync}");
+        if runs.iter().any(|(l, _)| *l == label) {
+            label = format!("{label}_{}", runs.len() + 1);
+        }
+        runs.push((label, figures));
+    }
+    // The table: a row per figure, a column per stack.
+    let mut keys: Vec<String> = Vec::new();
+    for (_, f) in &runs {
+        for (k, v) in f.as_object().expect("an object") {
+            if !v.is_object() && !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
+        for k in f["ratios"].as_object().expect("an object").keys() {
+            let k = format!("ratios.{k}");
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    print!("{:<34}", "figure");
+    for (label, _) in &runs {
+        print!(" {label:>16}");
+    }
+    println!();
+    for k in &keys {
+        print!("{k:<34}");
+        for (_, f) in &runs {
+            let v = match k.strip_prefix("ratios.") {
+                Some(r) => &f["ratios"][r],
+                None => &f[k.as_str()],
+            };
+            print!(" {:>16}", v.to_string());
+        }
+        println!();
+    }
+    let mut out = serde_json::Map::new();
+    for (label, f) in runs {
+        out.insert(label, f);
+    }
+    out.insert(
+        "settings".into(),
+        json!({"seconds_per_phase": args.seconds, "concurrency": args.concurrency, "workers": args.workers, "seeded": args.seed}),
+    );
+    println!("{}", Value::Object(out));
+    Ok(())
+}
+
+/// Rounds to three decimals.
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Every phase against one stack; its figures.
+async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Value> {
+    let tenant = Uuid::new_v4();
+    let admin = token(&args.jwt_key, tenant, &["admin", "member"])?;
     // The benchmark's tenant gets limits out of the way: we measure the service, not the plan.
     let res = http
-        .put(format!("{}/jobs/v1/admin/tenants/{tenant}/overrides", args.gateway))
+        .put(format!("{}/jobs/v1/admin/tenants/{tenant}/overrides", stack.gateway))
         .bearer_auth(&admin)
         .json(&json!({"enqueue_per_second": 1_000_000_000u64, "max_active_jobs": 1_000_000_000u64, "max_concurrent_leases": 1_000_000_000u64}))
         .send()
@@ -323,38 +507,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let ctx = Arc::new(Ctx {
         http: http.clone(),
-        args: args.clone(),
+        gateway: stack.gateway.clone(),
         token: admin,
     });
     let s = args.seconds;
+    let mut f = serde_json::Map::new();
 
     if args.seed > 0 {
-        eprintln!("bench: seeding {} jobs", args.seed);
-        let left = Arc::new(AtomicU64::new(args.seed.div_ceil(500)));
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, left) = (ctx.clone(), left.clone());
-                tokio::spawn(async move {
-                    while left
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
-                        if let Err(e) = enqueue_batch(&c, 500).await {
-                            eprintln!("bench: seed: {e:#}");
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            let _ = t.await;
+        let rss_before = stack.command_rss();
+        let first = args.seed.min(10_000);
+        eprintln!("bench: seeding {first} pending jobs");
+        seed(&ctx, first).await?;
+        let (list, get) = queries(&ctx, s / 2.0).await?;
+        f.insert("list_p99_ms_at_10k".into(), json!(list));
+        f.insert("get_p99_ms_at_10k".into(), json!(get));
+        f.insert("seeded_jobs_at_first_queries".into(), json!(first));
+        if args.seed > first {
+            eprintln!("bench: seeding {} more pending jobs", args.seed - first);
+            seed(&ctx, args.seed - first).await?;
+        }
+        if let (Some(before), Some(after)) = (rss_before, stack.command_rss()) {
+            f.insert(
+                "rss_bytes_per_pending_job".into(),
+                json!(r3(after.saturating_sub(before) as f64 / args.seed as f64)),
+            );
+            f.insert("command_rss_bytes".into(), json!(after));
+        }
+        if args.restart {
+            f.insert(
+                "restart_to_ready_s".into(),
+                json!(restart(stack, http).await?.map(r3)),
+            );
         }
     }
 
     eprintln!("bench: raw JetStream publishes");
-    let raw = raw_publish(&args.nats_url, s).await?;
+    let raw = raw_publish(&stack.nats_url, s).await?;
     eprintln!("bench: raw JetStream atomic batches of 100");
-    let raw_batch = raw_batch_publish(&args.nats_url, s, 100).await?;
+    let raw_batch = raw_batch_publish(&stack.nats_url, s, 100).await?;
 
     eprintln!("bench: enqueue, {} connections", args.concurrency);
     let lat = Arc::new(Lat::default());
@@ -373,37 +563,156 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let c = ctx.clone();
         drive(8, s, move || {
             let c = c.clone();
-            async move { enqueue_batch(&c, 100).await }
+            async move { enqueue_batch(&c, 100, LOAD_TYPE).await.map(|(n, _)| n) }
         })
         .await
     };
     let batch = n as f64 / t;
 
-    // Drain what the enqueue phases (and earlier runs) left, for at most 120 s: the cycle's
-    // jobs have a type of their own, so whatever is left does not queue ahead of them.
-    eprintln!(
-        "bench: draining, then the cycle with {} workers",
-        args.workers
+    let wc = worker_client(args)?;
+    drain(&wc, &stack.worker_url).await?;
+
+    eprintln!("bench: lease latency at 100 jobs/s");
+    let paced = cycle(&ctx, &wc, stack, args, Some(100.0)).await?;
+    eprintln!("bench: the cycle with {} workers", args.workers);
+    let full = cycle(&ctx, &wc, stack, args, None).await?;
+
+    eprintln!("bench: queries");
+    let (list, get) = queries(&ctx, s / 2.0).await?;
+    let quota: Value = http
+        .get(format!("{}/jobs/v1/quota", stack.gateway))
+        .bearer_auth(&ctx.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+
+    let rebuild = if args.rebuild {
+        rebuild_rate(stack).await?
+    } else {
+        None
+    };
+
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    let ratio = |x: f64| r3(x / raw);
+    f.insert("raw_publish_per_s".into(), json!(r(raw)));
+    f.insert("raw_batch_publish_per_s".into(), json!(r(raw_batch)));
+    f.insert("enqueue_per_s".into(), json!(r(enqueue)));
+    f.insert("enqueue_p50_ms".into(), json!(lat.pct_ms(0.5)));
+    f.insert("enqueue_p99_ms".into(), json!(lat.pct_ms(0.99)));
+    f.insert("batch_enqueue_jobs_per_s".into(), json!(r(batch)));
+    f.insert("cycle_jobs_per_s".into(), json!(r(full.rate)));
+    f.insert("lease_latency_p50_ms".into(), json!(full.lease.pct_ms(0.5)));
+    f.insert(
+        "lease_latency_p99_ms".into(),
+        json!(full.lease.pct_ms(0.99)),
     );
-    let wc = worker_client(&args)?;
+    f.insert(
+        "lease_latency_p50_ms_at_100_per_s".into(),
+        json!(paced.lease.pct_ms(0.5)),
+    );
+    f.insert(
+        "lease_latency_p99_ms_at_100_per_s".into(),
+        json!(paced.lease.pct_ms(0.99)),
+    );
+    f.insert("projection_lag_p99_ms".into(), json!(full.lag.pct_ms(0.99)));
+    f.insert("list_p99_ms".into(), json!(list));
+    f.insert("get_p99_ms".into(), json!(get));
+    f.insert(
+        "read_model_jobs_of_tenant".into(),
+        quota["data"]["usage"]["active_jobs"].clone(),
+    );
+    if let Some(rate) = rebuild {
+        f.insert("rebuild_events_per_s".into(), json!(r(rate)));
+    }
+    f.insert(
+        "ratios".into(),
+        json!({
+            "raw_batch_to_raw": ratio(raw_batch),
+            "enqueue_to_raw": ratio(enqueue),
+            "batch_to_raw": ratio(batch),
+            "cycle_to_raw": ratio(full.rate),
+        }),
+    );
+    Ok(Value::Object(f))
+}
+
+/// The type of the jobs `--seed` makes: nobody leases them, so they stay pending.
+const SEED_TYPE: &str = "bench.seed";
+
+/// Enqueues `n` pending jobs in batches of 500 over 8 connections, then waits until the read
+/// model shows the last of them.
+async fn seed(ctx: &Arc<Ctx>, n: u64) -> anyhow::Result<()> {
+    let left = Arc::new(AtomicU64::new(n.div_ceil(500)));
+    let last_seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, left, last_seq) = (ctx.clone(), left.clone(), last_seq.clone());
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    match enqueue_batch(&c, 500, SEED_TYPE).await {
+                        Ok((_, seq)) => {
+                            last_seq.fetch_max(seq, Ordering::Relaxed);
+                        }
+                        Err(e) => eprintln!("bench: seed: {e:#}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let enqueued = start.elapsed().as_secs_f64();
+    // Read-your-writes on any read waits for the projector to reach the last batch.
+    let seq = last_seq.load(Ordering::Relaxed);
+    loop {
+        let res = ctx
+            .http
+            .get(format!("{}/jobs/v1/jobs?limit=1", ctx.gateway))
+            .bearer_auth(&ctx.token)
+            .header("x-min-event-seq", seq.to_string())
+            .send()
+            .await?;
+        if res.status().is_success() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(3600) {
+            bail!("the read model did not reach sequence {seq} within an hour");
+        }
+    }
+    eprintln!(
+        "bench: seeded {n} jobs: enqueued in {enqueued:.1} s, projected in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Leases and completes whatever earlier phases (and runs) left of the load and cycle types,
+/// for at most 120 s, so the measured cycle starts from an empty queue.
+async fn drain(wc: &reqwest::Client, worker_url: &str) -> anyhow::Result<()> {
+    eprintln!("bench: draining");
     let drain_until = Instant::now() + Duration::from_secs(120);
     loop {
         let r = wc
-            .post(format!("{}/jobs/v1/worker/lease", args.worker_url))
+            .post(format!("{worker_url}/jobs/v1/worker/lease"))
             .json(&json!({"types": [LOAD_TYPE, CYCLE_TYPE], "max_jobs": 100}))
             .send()
             .await?;
         let v: Value = r.json().await?;
         let jobs = v["data"]["jobs"].as_array().cloned().unwrap_or_default();
         if jobs.is_empty() || Instant::now() > drain_until {
-            break;
+            return Ok(());
         }
         let futs: FuturesUnordered<_> = jobs
             .iter()
             .map(|j| {
                 wc.post(format!(
-                    "{}/jobs/v1/worker/jobs/{}/complete",
-                    args.worker_url,
+                    "{worker_url}/jobs/v1/worker/jobs/{}/complete",
                     j["id"].as_str().unwrap_or_default()
                 ))
                 .json(&json!({"lease_id": j["lease"]["lease_id"]}))
@@ -412,7 +721,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         futs.for_each(|_| async {}).await;
     }
+}
 
+struct Cycle {
+    /// Completions per second at steady state (after 20 % warm-up).
+    rate: f64,
+    /// Job `created_at` to the job in a worker's hands.
+    lease: Arc<Lat>,
+    /// Enqueue acknowledged to readable through query-svc.
+    lag: Arc<Lat>,
+}
+
+/// Workers lease and complete while producers enqueue: as fast as they can (`per_s` None), or
+/// one producer at a steady `per_s`.
+async fn cycle(
+    ctx: &Arc<Ctx>,
+    wc: &reqwest::Client,
+    stack: &Stack,
+    args: &Args,
+    per_s: Option<f64>,
+) -> anyhow::Result<Cycle> {
+    let s = args.seconds;
     let lease_lat = Arc::new(Lat::default());
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
@@ -420,7 +749,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|_| {
             let (wc, url, stop, completed, lease_lat) = (
                 wc.clone(),
-                args.worker_url.clone(),
+                stack.worker_url.clone(),
                 stop.clone(),
                 completed.clone(),
                 lease_lat.clone(),
@@ -475,7 +804,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(res) = c
                     .http
-                    .post(format!("{}/jobs/v1/enqueue", c.args.gateway))
+                    .post(format!("{}/jobs/v1/enqueue", c.gateway))
                     .bearer_auth(&c.token)
                     .json(&payload(CYCLE_TYPE))
                     .send()
@@ -497,7 +826,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .http
                     .get(format!(
                         "{}/jobs/v1/jobs/{}",
-                        c.args.gateway,
+                        c.gateway,
                         v["data"]["id"].as_str().unwrap_or_default()
                     ))
                     .bearer_auth(&c.token)
@@ -512,7 +841,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     };
     let warm = s * 0.2;
-    let producer_lat = Arc::new(Lat::default());
     let measure = {
         let completed = completed.clone();
         tokio::spawn(async move {
@@ -522,26 +850,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (completed.load(Ordering::Relaxed) - c0) as f64 / t0.elapsed().as_secs_f64()
         })
     };
-    {
-        let (c, lat) = (ctx.clone(), producer_lat.clone());
-        drive(args.concurrency / 4 + 1, s, move || {
-            let (c, lat) = (c.clone(), lat.clone());
-            async move { enqueue_one(&c, &lat, CYCLE_TYPE).await }
-        })
-        .await;
+    let producer_lat = Arc::new(Lat::default());
+    match per_s {
+        None => {
+            let (c, lat) = (ctx.clone(), producer_lat.clone());
+            drive(args.concurrency / 4 + 1, s, move || {
+                let (c, lat) = (c.clone(), lat.clone());
+                async move { enqueue_one(&c, &lat, CYCLE_TYPE).await }
+            })
+            .await;
+        }
+        Some(rate) => {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let deadline = Instant::now() + Duration::from_secs_f64(s);
+            let mut sent = FuturesUnordered::new();
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let (c, lat) = (ctx.clone(), producer_lat.clone());
+                sent.push(tokio::spawn(async move {
+                    enqueue_one(&c, &lat, CYCLE_TYPE).await
+                }));
+            }
+            while let Some(r) = sent.next().await {
+                if let Ok(Err(e)) = r {
+                    eprintln!("bench: {e:#}");
+                }
+            }
+        }
     }
-    let cycle = measure.await?;
+    let rate = measure.await?;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
     }
     let _ = sampler.await;
+    Ok(Cycle {
+        rate,
+        lease: lease_lat,
+        lag,
+    })
+}
 
-    eprintln!("bench: queries");
+/// p99 of list and get latency (ms) over `seconds` at 8 connections.
+async fn queries(ctx: &Arc<Ctx>, seconds: f64) -> anyhow::Result<(Option<f64>, Option<f64>)> {
     let list_lat = Arc::new(Lat::default());
     let get_lat = Arc::new(Lat::default());
-    let probe: Value = http
-        .get(format!("{}/jobs/v1/jobs?limit=1", args.gateway))
+    let probe: Value = ctx
+        .http
+        .get(format!("{}/jobs/v1/jobs?limit=1", ctx.gateway))
         .bearer_auth(&ctx.token)
         .send()
         .await?
@@ -551,81 +908,101 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    {
-        let (c, list_lat, get_lat, id) = (
-            ctx.clone(),
-            list_lat.clone(),
-            get_lat.clone(),
-            some_id.clone(),
-        );
-        drive(8, s / 2.0, move || {
-            let (c, list_lat, get_lat, id) =
-                (c.clone(), list_lat.clone(), get_lat.clone(), id.clone());
-            async move {
-                let t = Instant::now();
-                c.http
-                    .get(format!(
-                        "{}/jobs/v1/jobs?limit=20&status=completed",
-                        c.args.gateway
-                    ))
-                    .bearer_auth(&c.token)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?;
-                list_lat.add(t.elapsed());
-                let t = Instant::now();
-                c.http
-                    .get(format!("{}/jobs/v1/jobs/{id}", c.args.gateway))
-                    .bearer_auth(&c.token)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?;
-                get_lat.add(t.elapsed());
-                Ok(2)
-            }
-        })
-        .await;
-    }
-    let quota: Value = http
-        .get(format!("{}/jobs/v1/quota", args.gateway))
-        .bearer_auth(&ctx.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let r = |x: f64| (x * 100.0).round() / 100.0;
-    let figures = json!({
-        "raw_publish_per_s": r(raw),
-        "raw_batch_publish_per_s": r(raw_batch),
-        "enqueue_per_s": r(enqueue),
-        "enqueue_p50_ms": lat.pct_ms(0.5),
-        "enqueue_p99_ms": lat.pct_ms(0.99),
-        "batch_enqueue_jobs_per_s": r(batch),
-        "cycle_jobs_per_s": r(cycle),
-        "lease_latency_p50_ms": lease_lat.pct_ms(0.5),
-        "lease_latency_p99_ms": lease_lat.pct_ms(0.99),
-        "projection_lag_p99_ms": lag.pct_ms(0.99),
-        "list_p99_ms": list_lat.pct_ms(0.99),
-        "get_p99_ms": get_lat.pct_ms(0.99),
-        "read_model_jobs_of_tenant": quota["data"]["usage"]["active_jobs"],
-        "ratios": {
-            "enqueue_to_raw": r(enqueue / raw * 100.0) / 100.0,
-            "batch_to_raw": r(batch / raw * 100.0) / 100.0,
-            "cycle_to_raw": r(cycle / raw * 100.0) / 100.0,
-        },
-        "settings": {"seconds_per_phase": s, "concurrency": args.concurrency, "workers": args.workers, "seeded": args.seed},
-    });
-    println!("{:<28} {:>14}", "figure", "value");
-    for (k, v) in figures.as_object().expect("an object") {
-        if !v.is_object() {
-            println!("{k:<28} {:>14}", v.to_string());
+    let (c, list, get, id) = (ctx.clone(), list_lat.clone(), get_lat.clone(), some_id);
+    drive(8, seconds, move || {
+        let (c, list, get, id) = (c.clone(), list.clone(), get.clone(), id.clone());
+        async move {
+            let t = Instant::now();
+            c.http
+                .get(format!(
+                    "{}/jobs/v1/jobs?limit=20&status=pending",
+                    c.gateway
+                ))
+                .bearer_auth(&c.token)
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            list.add(t.elapsed());
+            let t = Instant::now();
+            c.http
+                .get(format!("{}/jobs/v1/jobs/{id}", c.gateway))
+                .bearer_auth(&c.token)
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            get.add(t.elapsed());
+            Ok(2)
         }
+    })
+    .await;
+    Ok((list_lat.pct_ms(0.99), get_lat.pct_ms(0.99)))
+}
+
+/// Restarts command-svc with the stack's RESTART_COMMAND and times it from the command's
+/// return (old process gone, new one started) to `/readyz` answering 200. None when the
+/// stack does not say how.
+async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option<f64>> {
+    let (Some(cmd), Some(ready)) = (&stack.restart_command, &stack.command_ready) else {
+        eprintln!("bench: --restart: the stack has no RESTART_COMMAND/COMMAND_READY");
+        return Ok(None);
+    };
+    eprintln!("bench: restarting command-svc");
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .await
+        .context("running the restart command")?;
+    if !status.success() {
+        bail!("the restart command failed: {status}");
     }
-    for (k, v) in figures["ratios"].as_object().expect("an object") {
-        println!("{k:<28} {:>14}", v.to_string());
+    let start = Instant::now();
+    loop {
+        let ok = http
+            .get(ready)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            return Ok(Some(start.elapsed().as_secs_f64()));
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("command-svc was not ready 600 s after its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("{figures}");
-    Ok(())
+}
+
+/// Runs the stack's REBUILD_COMMAND (`projector rebuild`) and reads its events/s from the
+/// line it prints. None when the stack does not say how.
+async fn rebuild_rate(stack: &Stack) -> anyhow::Result<Option<f64>> {
+    let Some(cmd) = &stack.rebuild_command else {
+        eprintln!("bench: --rebuild: the stack has no REBUILD_COMMAND");
+        return Ok(None);
+    };
+    eprintln!("bench: projector rebuild");
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .await
+        .context("running the rebuild command")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "the rebuild failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "rebuilt the read model: N events in S s (R events/s), checkpoint C"
+    let number_before = |marker: &str| -> Option<f64> {
+        let before = &text[..text.find(marker)?];
+        before.split_whitespace().last()?.parse().ok()
+    };
+    match (number_before(" events in"), number_before(" s (")) {
+        (Some(events), Some(secs)) if secs > 0.0 => Ok(Some(events / secs)),
+        _ => bail!("could not read the rebuild's report: {text}"),
+    }
 }
