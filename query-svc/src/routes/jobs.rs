@@ -195,53 +195,72 @@ async fn list(
 
     let seq = wait_for(&s.projection, &headers).await?;
     let now = Utc::now();
-    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-        "SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ",
-    );
-    qb.push_bind(user.tenant_id());
-    match status {
-        Some(Status::Pending) => {
-            qb.push(" AND (status = 'pending' OR (status = 'scheduled' AND run_at <= ");
-            qb.push_bind(now).push("))");
-        }
-        Some(Status::Scheduled) => {
-            qb.push(" AND status = 'scheduled' AND run_at > ")
-                .push_bind(now);
-        }
-        Some(other) => {
-            qb.push(" AND status = ").push_bind(other.as_str());
-        }
-        None => {}
-    }
-    if let Some(t) = &q.job_type {
-        qb.push(" AND type = ").push_bind(t.clone());
-    }
-    if let Some(t) = &q.queue {
-        qb.push(" AND queue = ").push_bind(t.clone());
-    }
-    if let Some(p) = priority {
-        qb.push(" AND priority = ").push_bind(p as i16);
-    }
-    if let Some(t) = q.created_after {
-        qb.push(" AND created_at > ").push_bind(t);
-    }
-    if let Some(t) = q.created_before {
-        qb.push(" AND created_at < ").push_bind(t);
-    }
-    if let Some((c, i)) = after {
-        qb.push(if desc {
-            " AND (created_at, id) < ("
-        } else {
-            " AND (created_at, id) > ("
-        });
-        qb.push_bind(c).push(", ").push_bind(i).push(")");
-    }
-    qb.push(if desc {
+    let order = if desc {
         " ORDER BY created_at DESC, id DESC"
     } else {
         " ORDER BY created_at ASC, id ASC"
-    });
-    qb.push(" LIMIT ").push_bind(limit + 1);
+    };
+    // One branch: the tenant's jobs in one status condition, with every other filter, in the
+    // order of the (tenant_id, status, created_at, id) index, at most a page.
+    let branch = |qb: &mut QueryBuilder<Postgres>,
+                  condition: &dyn Fn(&mut QueryBuilder<Postgres>)| {
+        qb.push("SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ");
+        qb.push_bind(user.tenant_id());
+        condition(qb);
+        if let Some(t) = &q.job_type {
+            qb.push(" AND type = ").push_bind(t.clone());
+        }
+        if let Some(t) = &q.queue {
+            qb.push(" AND queue = ").push_bind(t.clone());
+        }
+        if let Some(p) = priority {
+            qb.push(" AND priority = ").push_bind(p as i16);
+        }
+        if let Some(t) = q.created_after {
+            qb.push(" AND created_at > ").push_bind(t);
+        }
+        if let Some(t) = q.created_before {
+            qb.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some((c, i)) = after {
+            qb.push(if desc {
+                " AND (created_at, id) < ("
+            } else {
+                " AND (created_at, id) > ("
+            });
+            qb.push_bind(c).push(", ").push_bind(i).push(")");
+        }
+        qb.push(order);
+        qb.push(" LIMIT ").push_bind(limit + 1);
+    };
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("");
+    match status {
+        // Pending includes scheduled jobs whose time has come: two index-ordered branches
+        // merged, never one scan filtering the tenant's other jobs (measured: 128 ms behind
+        // 59k newer completed jobs as one OR, 0.16 ms as two branches).
+        Some(Status::Pending) => {
+            qb.push("SELECT doc, status, run_at, created_at, id FROM ((");
+            branch(&mut qb, &|qb| {
+                qb.push(" AND status = 'pending'");
+            });
+            qb.push(") UNION ALL (");
+            branch(&mut qb, &|qb| {
+                qb.push(" AND status = 'scheduled' AND run_at <= ")
+                    .push_bind(now);
+            });
+            qb.push(")) AS due");
+            qb.push(order);
+            qb.push(" LIMIT ").push_bind(limit + 1);
+        }
+        Some(Status::Scheduled) => branch(&mut qb, &|qb| {
+            qb.push(" AND status = 'scheduled' AND run_at > ")
+                .push_bind(now);
+        }),
+        Some(other) => branch(&mut qb, &|qb| {
+            qb.push(" AND status = ").push_bind(other.as_str());
+        }),
+        None => branch(&mut qb, &|_| {}),
+    }
     let rows = qb.build().fetch_all(&s.pool).await.map_err(db_error)?;
 
     let has_more = rows.len() as i64 > limit;
