@@ -447,23 +447,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 keys.push(k.clone());
             }
         }
-        for k in f["ratios"].as_object().expect("an object").keys() {
-            let k = format!("ratios.{k}");
-            if !keys.contains(&k) {
-                keys.push(k);
+        for group in ["ratios", "cpu_us_per_enqueue", "cpu_us_per_cycle_job"] {
+            for k in f[group].as_object().into_iter().flat_map(|o| o.keys()) {
+                let k = format!("{group}.{k}");
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
             }
         }
     }
-    print!("{:<34}", "figure");
+    print!("{:<40}", "figure");
     for (label, _) in &runs {
         print!(" {label:>16}");
     }
     println!();
     for k in &keys {
-        print!("{k:<34}");
+        print!("{k:<40}");
         for (_, f) in &runs {
-            let v = match k.strip_prefix("ratios.") {
-                Some(r) => &f["ratios"][r],
+            let v = match k.split_once('.') {
+                Some((group, key)) => &f[group][key],
                 None => &f[k.as_str()],
             };
             print!(" {:>16}", v.to_string());
@@ -480,6 +482,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("{}", Value::Object(out));
     Ok(())
+}
+
+/// The processes whose CPU time the bench accounts for, by command name (all on this machine:
+/// with two stacks up, the idle one adds next to nothing).
+const ACCOUNTED: [&str; 7] = [
+    "nats-server",
+    "command-svc",
+    "projector",
+    "query-svc",
+    "postgres",
+    "nginx",
+    "bench",
+];
+
+/// CPU seconds (user + system) so far of every accounted process, summed by name, from /proc.
+fn cpu_seconds() -> std::collections::BTreeMap<&'static str, f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut out: std::collections::BTreeMap<&'static str, f64> =
+        ACCOUNTED.iter().map(|n| (*n, 0.0)).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15, counted after the ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let Some(name) = ACCOUNTED.iter().find(|n| comm == **n) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *out.get_mut(name).expect("accounted") += (ticks(11) + ticks(12)) / tick;
+    }
+    out
+}
+
+/// CPU microseconds per item of each accounted process between two `cpu_seconds` readings.
+fn cpu_us_per(before: &std::collections::BTreeMap<&'static str, f64>, items: u64) -> Value {
+    let after = cpu_seconds();
+    let mut m = serde_json::Map::new();
+    let mut total = 0.0;
+    for (name, t) in &after {
+        let used = (t - before.get(name).copied().unwrap_or(0.0)).max(0.0);
+        total += used;
+        m.insert(
+            (*name).to_string(),
+            json!(r3(used * 1e6 / items.max(1) as f64)),
+        );
+    }
+    m.insert("total".into(), json!(r3(total * 1e6 / items.max(1) as f64)));
+    Value::Object(m)
 }
 
 /// Rounds to three decimals.
@@ -548,6 +611,7 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
 
     eprintln!("bench: enqueue, {} connections", args.concurrency);
     let lat = Arc::new(Lat::default());
+    let cpu = cpu_seconds();
     let (_, n, t) = {
         let (c, lat) = (ctx.clone(), lat.clone());
         drive(args.concurrency, s, move || {
@@ -557,6 +621,7 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         .await
     };
     let enqueue = n as f64 / t;
+    let cpu_enqueue = cpu_us_per(&cpu, n);
 
     eprintln!("bench: batch enqueue, batches of 100");
     let (_, n, t) = {
@@ -575,7 +640,12 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     eprintln!("bench: lease latency at 100 jobs/s");
     let paced = cycle(&ctx, &wc, stack, args, Some(100.0)).await?;
     eprintln!("bench: the cycle with {} workers", args.workers);
+    let cpu = cpu_seconds();
     let full = cycle(&ctx, &wc, stack, args, None).await?;
+    let cpu_cycle = cpu_us_per(&cpu, full.completed);
+    let half_rate = (full.rate / 2.0).max(1.0);
+    eprintln!("bench: lease latency at half the cycle rate ({half_rate:.0} jobs/s)");
+    let half = cycle(&ctx, &wc, stack, args, Some(half_rate)).await?;
 
     eprintln!("bench: queries");
     let (list, get) = queries(&ctx, s / 2.0).await?;
@@ -615,6 +685,14 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         "lease_latency_p99_ms_at_100_per_s".into(),
         json!(paced.lease.pct_ms(0.99)),
     );
+    f.insert(
+        "lease_latency_p50_ms_at_half_cycle_rate".into(),
+        json!(half.lease.pct_ms(0.5)),
+    );
+    f.insert(
+        "lease_latency_p99_ms_at_half_cycle_rate".into(),
+        json!(half.lease.pct_ms(0.99)),
+    );
     f.insert("projection_lag_p99_ms".into(), json!(full.lag.pct_ms(0.99)));
     f.insert("list_p99_ms".into(), json!(list));
     f.insert("get_p99_ms".into(), json!(get));
@@ -622,6 +700,8 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         "read_model_jobs_of_tenant".into(),
         quota["data"]["usage"]["active_jobs"].clone(),
     );
+    f.insert("cpu_us_per_enqueue".into(), cpu_enqueue);
+    f.insert("cpu_us_per_cycle_job".into(), cpu_cycle);
     if let Some(rate) = rebuild {
         f.insert("rebuild_events_per_s".into(), json!(r(rate)));
     }
@@ -726,6 +806,8 @@ async fn drain(wc: &reqwest::Client, worker_url: &str) -> anyhow::Result<()> {
 struct Cycle {
     /// Completions per second at steady state (after 20 % warm-up).
     rate: f64,
+    /// Jobs completed in the whole phase (warm-up included).
+    completed: u64,
     /// Job `created_at` to the job in a worker's hands.
     lease: Arc<Lat>,
     /// Enqueue acknowledged to readable through query-svc.
@@ -887,6 +969,7 @@ async fn cycle(
     let _ = sampler.await;
     Ok(Cycle {
         rate,
+        completed: completed.load(Ordering::Relaxed),
         lease: lease_lat,
         lag,
     })

@@ -82,6 +82,7 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "lease_latency_p50_ms",
         "lease_latency_p99_ms",
         "lease_latency_p99_ms_at_100_per_s",
+        "lease_latency_p99_ms_at_half_cycle_rate",
         "projection_lag_p99_ms",
         "list_p99_ms",
         "get_p99_ms",
@@ -99,6 +100,14 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "raw_batch_to_raw",
     ] {
         assert!(figures["ratios"][ratio].is_number(), "{ratio} missing");
+    }
+    // CPU per item of each process on the machine, for "what bounds us".
+    for phase in ["cpu_us_per_enqueue", "cpu_us_per_cycle_job"] {
+        assert!(
+            figures[phase]["total"].as_f64().unwrap() > 0.0,
+            "{phase}: {figures}"
+        );
+        assert!(figures[phase]["bench"].is_number(), "{phase}: {figures}");
     }
     // The seeded jobs stay pending and are the tenant's: the queries ran over them.
     assert!(figures["read_model_jobs_of_tenant"].as_u64().unwrap() >= 500);
