@@ -30,6 +30,12 @@ pub struct Config {
     /// Largest request body of a batch enqueue, in bytes; larger answers 413.
     #[arg(long, env = "JOBS_MAX_BATCH_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_batch_body_bytes: usize,
+    /// Group commit: single-event appends that meet while others are being written go out
+    /// together as one atomic batch, one store write for many. Off by default: on this
+    /// project's 2-core machine the atomic batches cost NATS more CPU than the fsyncs they
+    /// save (docs/performance.md); turn it on where fsync, not CPU, is the bound (slow disks).
+    #[arg(long, env = "JOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]

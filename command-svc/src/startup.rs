@@ -88,7 +88,12 @@ impl Application {
         let idempotency = crate::idempotency::bucket(&js, config.nats.stream_replicas).await?;
         let unique = crate::unique::bucket(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();
-        let store = EventStore::new(client.clone(), js.clone(), StoreMetrics::new(&metrics));
+        let store = EventStore::new(
+            client.clone(),
+            js.clone(),
+            StoreMetrics::new(&metrics),
+            config.group_commit,
+        );
         let plans = common::plans::Plans::load(config.plans.plans_file.as_deref())?;
         let engine = Engine::new(
             store.clone(),

@@ -172,9 +172,16 @@ impl EventStore {
         }
     }
 
-    /// Starts the group committer on the current runtime.
-    pub fn new(client: Client, js: async_nats::jetstream::Context, metrics: StoreMetrics) -> Self {
-        let group = crate::group::GroupCommit::start(js.clone(), metrics.group_size.clone());
+    /// Starts the group committer on the current runtime (`grouped` false: every append is
+    /// published on its own).
+    pub fn new(
+        client: Client,
+        js: async_nats::jetstream::Context,
+        metrics: StoreMetrics,
+        grouped: bool,
+    ) -> Self {
+        let group =
+            crate::group::GroupCommit::start(js.clone(), metrics.group_size.clone(), grouped);
         Self {
             client,
             js,
@@ -193,9 +200,8 @@ impl EventStore {
     }
 
     /// Appends one event, conditional on the job's last subject sequence (0 for a new job),
-    /// through the group committer (`crate::group`): alone when nothing else is waiting, in
-    /// one atomic batch with the appends beside it when the service is busy. Returns the
-    /// event's stream sequence.
+    /// published on its own, or with group commit on (`crate::group`) in one atomic batch with
+    /// the appends beside it when the service is busy. Returns the event's stream sequence.
     #[tracing::instrument(skip_all, fields(event = env.type_name(), job_id = %env.job_id), err)]
     pub async fn append(
         &self,

@@ -34,7 +34,7 @@ async fn setup() -> (
     let js = common::nats::jetstream(&client);
     common::nats::ensure_stream(&js, 1).await.unwrap();
     let sizes = group_size();
-    let group = GroupCommit::start(js.clone(), sizes.clone());
+    let group = GroupCommit::start(js.clone(), sizes.clone(), true);
     (nats, js, group, sizes)
 }
 
