@@ -647,6 +647,8 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     eprintln!("bench: lease latency at half the cycle rate ({half_rate:.0} jobs/s)");
     let half = cycle(&ctx, &wc, stack, args, Some(half_rate)).await?;
 
+    // Queries on a read model that has caught up with the cycle, not racing its tail.
+    seed(&ctx, 1).await?;
     eprintln!("bench: queries");
     let (list, get) = queries(&ctx, s / 2.0).await?;
     let quota: Value = http
@@ -721,8 +723,9 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
 const SEED_TYPE: &str = "bench.seed";
 
 /// Enqueues `n` pending jobs in batches of 500 over 8 connections, then waits until the read
-/// model shows the last of them.
+/// model shows the last of them (and so everything appended before).
 async fn seed(ctx: &Arc<Ctx>, n: u64) -> anyhow::Result<()> {
+    let per_batch = n.min(500) as usize;
     let left = Arc::new(AtomicU64::new(n.div_ceil(500)));
     let last_seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -734,7 +737,7 @@ async fn seed(ctx: &Arc<Ctx>, n: u64) -> anyhow::Result<()> {
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
                 {
-                    match enqueue_batch(&c, 500, SEED_TYPE).await {
+                    match enqueue_batch(&c, per_batch, SEED_TYPE).await {
                         Ok((_, seq)) => {
                             last_seq.fetch_max(seq, Ordering::Relaxed);
                         }

@@ -92,6 +92,9 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         worker_client_ca: Some(tls.ca.clone()),
         max_payload_bytes: 256 * 1024,
         max_batch_body_bytes: 16 * 1024 * 1024,
+        // On in every in-process command-svc of the suite: its default is off (measured,
+        // docs/performance.md), and this way every test also runs the batched path.
+        group_commit: true,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
         plans: common::config::PlanArgs { plans_file: None },
