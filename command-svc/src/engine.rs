@@ -82,6 +82,29 @@ pub struct Engine {
     pub rate: crate::limits::RateLimiter,
     /// Every schedule, with its last firing (folded by the follower).
     pub schedules: crate::scheduler::ScheduleTable,
+    /// New jobs this instance is appending: their tokens are taken already, so the follower
+    /// must not count them again as another instance's when the stream delivers their
+    /// `JobEnqueued` before the append's acknowledgement arrives.
+    own_enqueues: Mutex<std::collections::HashSet<Uuid>>,
+}
+
+/// Marks jobs as this instance's own enqueues while they are appended (`Engine::own`).
+pub struct OwnEnqueues<'a> {
+    engine: &'a Engine,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for OwnEnqueues<'_> {
+    fn drop(&mut self) {
+        let mut own = self
+            .engine
+            .own_enqueues
+            .lock()
+            .expect("the own-enqueues lock is never poisoned");
+        for id in &self.ids {
+            own.remove(id);
+        }
+    }
 }
 
 impl Engine {
@@ -103,7 +126,27 @@ impl Engine {
             plans,
             rate: Default::default(),
             schedules: Default::default(),
+            own_enqueues: Default::default(),
         })
+    }
+
+    /// Marks `ids` as new jobs this instance is appending, until the guard is dropped (after
+    /// the append and the fold of its result).
+    pub fn own(&self, ids: impl IntoIterator<Item = Uuid>) -> OwnEnqueues<'_> {
+        let ids: Vec<Uuid> = ids.into_iter().collect();
+        self.own_enqueues
+            .lock()
+            .expect("the own-enqueues lock is never poisoned")
+            .extend(ids.iter().copied());
+        OwnEnqueues { engine: self, ids }
+    }
+
+    /// Whether `id` is a new job this instance is appending right now.
+    pub fn is_own_enqueue(&self, id: &Uuid) -> bool {
+        self.own_enqueues
+            .lock()
+            .expect("the own-enqueues lock is never poisoned")
+            .contains(id)
     }
 
     pub fn model(&self) -> MutexGuard<'_, WriteModel> {

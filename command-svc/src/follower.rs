@@ -125,9 +125,9 @@ async fn fold(engine: &Engine, seq: u64, envelope: Envelope) -> anyhow::Result<(
     let requeued = matches!(envelope.event, JobEvent::Requeued { .. });
     let enqueued = matches!(envelope.event, JobEvent::Enqueued { .. });
     let folded = engine.fold(&Recorded { seq, envelope });
-    if enqueued && matches!(folded, Some(Folded::Applied { .. })) {
-        // Enqueued through another instance (our own are folded at once, so seen by now):
-        // it counts against the tenant's rate here too.
+    if enqueued && matches!(folded, Some(Folded::Applied { .. })) && !engine.is_own_enqueue(&job) {
+        // Enqueued through another instance (our own are marked while appended, and folded
+        // at once after): it counts against the tenant's rate here too.
         engine.rate.observe(tenant, 1, std::time::Instant::now());
     }
     if folded == Some(Folded::Unknown) && requeued {

@@ -415,6 +415,7 @@ async fn fire(engine: &Engine, schedule: &Schedule, slot: DateTime<Utc>) -> Outc
         event,
     };
     let traceparent = common::context::current().child_traceparent();
+    let _own = engine.own([env.job_id]);
     match engine.store.append(&env, &traceparent, 0).await {
         Ok(seq) => {
             engine.schedules.observe(&env);

@@ -252,6 +252,7 @@ async fn enqueue(
         }
     }
     let traceparent = common::context::current().child_traceparent();
+    let _own = state.engine.own([env.job_id]);
     let seq = match state.store.append(&env, &traceparent, 0).await {
         Ok(seq) => seq,
         // The job's subject is taken: this is the re-run of an idempotent request whose first
@@ -357,6 +358,7 @@ async fn enqueue_batch(
     }
     admit(&state, &user, &limits, n as u64)?;
     let traceparent = common::context::current().child_traceparent();
+    let _own = state.engine.own(envs.iter().map(|e| e.job_id));
     let seqs = match state.store.append_new_jobs(&envs, &traceparent).await {
         Ok(seqs) => seqs,
         // As for one job: the re-run of an idempotent batch whose first run was stored.
