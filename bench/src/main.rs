@@ -402,6 +402,7 @@ fn worker_client(a: &Args) -> anyhow::Result<reqwest::Client> {
     id.extend(std::fs::read(&a.key).with_context(|| format!("reading {}", a.key))?);
     let ca = std::fs::read(&a.ca).with_context(|| format!("reading {}", a.ca))?;
     Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
         .use_rustls_tls()
         .identity(reqwest::Identity::from_pem(&id)?)
         .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
@@ -425,8 +426,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(|p| Stack::from_file(p))
             .collect::<anyhow::Result<_>>()?
     };
+    // A request that stalls becomes an error the bench prints, not a run that never ends.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
         .build()?;
     let mut runs: Vec<(String, Value)> = Vec::new();
     for stack in &stacks {
@@ -978,7 +981,8 @@ async fn cycle(
     })
 }
 
-/// p99 of list and get latency (ms) over `seconds` at 8 connections.
+/// p99 of list and get latency (ms) over `seconds` at 8 connections; the p50 and maximum of
+/// each go to stderr, to tell a slow tail from a slow service.
 async fn queries(ctx: &Arc<Ctx>, seconds: f64) -> anyhow::Result<(Option<f64>, Option<f64>)> {
     let list_lat = Arc::new(Lat::default());
     let get_lat = Arc::new(Lat::default());
@@ -1023,6 +1027,15 @@ async fn queries(ctx: &Arc<Ctx>, seconds: f64) -> anyhow::Result<(Option<f64>, O
         }
     })
     .await;
+    for (name, lat) in [("list", &list_lat), ("get", &get_lat)] {
+        eprintln!(
+            "bench: {name}: {} requests, p50 {:?} ms, p99 {:?} ms, max {:?} ms",
+            lat.0.lock().expect("lock").len(),
+            lat.pct_ms(0.5),
+            lat.pct_ms(0.99),
+            lat.pct_ms(1.0)
+        );
+    }
     Ok((list_lat.pct_ms(0.99), get_lat.pct_ms(0.99)))
 }
 
