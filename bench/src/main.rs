@@ -204,23 +204,35 @@ fn payload(job_type: &str) -> Value {
     json!({"type": job_type, "payload": {"to": "user@example.com", "template": "welcome", "pad": "x".repeat(120)}, "priority": 5})
 }
 
-async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
+/// A reference stream of the bench's own (`name`, subjects `bench.<root>.>`, file storage),
+/// made afresh on the stack's NATS server: one benchmark at a time. Returns the context and a
+/// subject prefix unique to this run.
+async fn reference_stream(
+    nats: &str,
+    name: &str,
+    root: &str,
+    atomic: bool,
+) -> anyhow::Result<(async_nats::jetstream::Context, String)> {
     let client = common::nats::connect_once(nats)
         .await
         .context("connecting to NATS")?;
     let js = async_nats::jetstream::new(client);
-    // One reference stream (one benchmark at a time), made afresh.
-    let name = "BENCH_RAW".to_string();
-    let prefix = format!("bench.raw.{}", Uuid::new_v4().simple());
-    let _ = js.delete_stream(&name).await;
+    let _ = js.delete_stream(name).await;
     js.create_stream(async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec!["bench.raw.>".to_string()],
+        name: name.to_string(),
+        subjects: vec![format!("bench.{root}.>")],
         storage: async_nats::jetstream::stream::StorageType::File,
+        allow_atomic_publish: atomic,
         ..Default::default()
     })
     .await
-    .context("creating the reference stream")?;
+    .with_context(|| format!("creating the reference stream {name}"))?;
+    Ok((js, format!("bench.{root}.{}", Uuid::new_v4().simple())))
+}
+
+async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
+    let name = "BENCH_RAW";
+    let (js, prefix) = reference_stream(nats, name, "raw", false).await?;
     let body = bytes_256();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
@@ -246,7 +258,7 @@ async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
         done += 1;
     }
     let rate = done as f64 / start.elapsed().as_secs_f64();
-    let _ = js.delete_stream(&name).await;
+    let _ = js.delete_stream(name).await;
     Ok(rate)
 }
 
@@ -256,22 +268,8 @@ async fn raw_publish(nats: &str, seconds: f64) -> anyhow::Result<f64> {
 /// Returns messages per second.
 async fn raw_batch_publish(nats: &str, seconds: f64, size: usize) -> anyhow::Result<f64> {
     use jetstream_extra::batch_publish::BatchPublishExt;
-    let client = common::nats::connect_once(nats)
-        .await
-        .context("connecting to NATS")?;
-    let js = async_nats::jetstream::new(client);
-    let name = "BENCH_RAW_BATCH".to_string();
-    let prefix = format!("bench.batch.{}", Uuid::new_v4().simple());
-    let _ = js.delete_stream(&name).await;
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec!["bench.batch.>".to_string()],
-        storage: async_nats::jetstream::stream::StorageType::File,
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await
-    .context("creating the batch reference stream")?;
+    let name = "BENCH_RAW_BATCH";
+    let (js, prefix) = reference_stream(nats, name, "batch", true).await?;
     let body = bytes_256();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
@@ -306,7 +304,7 @@ async fn raw_batch_publish(nats: &str, seconds: f64, size: usize) -> anyhow::Res
         done += r?;
     }
     let rate = done as f64 / start.elapsed().as_secs_f64();
-    let _ = js.delete_stream(&name).await;
+    let _ = js.delete_stream(name).await;
     Ok(rate)
 }
 

@@ -21,7 +21,6 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::{OutboundMessage, PublishMessage};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use jetstream_extra::batch_publish::BatchPublishExt;
 use prometheus::Histogram;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -127,9 +126,18 @@ async fn run(
 
 async fn commit(js: &async_nats::jetstream::Context, mut group: Vec<Pending>) {
     if group.len() > 1 {
-        match batch(js, &group).await {
-            Ok((last, size)) if size == group.len() as u64 => {
-                let first = last + 1 - group.len() as u64;
+        let messages = group
+            .iter()
+            .map(|p| {
+                OutboundMessage::new(
+                    p.subject.clone().into(),
+                    p.payload.clone(),
+                    Some(p.headers.clone()),
+                )
+            })
+            .collect();
+        match crate::store::publish_atomic(js, messages).await {
+            Ok(first) => {
                 for (p, seq) in group.into_iter().zip(first..) {
                     let _ = p.reply.send(Ok(Written {
                         seq,
@@ -138,20 +146,9 @@ async fn commit(js: &async_nats::jetstream::Context, mut group: Vec<Pending>) {
                 }
                 return;
             }
-            Ok((_, size)) => {
-                let e = AppendError::Other(format!(
-                    "the batch ack counts {size} messages, not {}",
-                    group.len()
-                ));
-                for p in group {
-                    let _ = p.reply.send(Err(e.clone()));
-                }
-                return;
-            }
             // Some event lost its race: nothing was stored; find out which, one by one.
-            Err(e) if e.to_string().contains("wrong last sequence") => {}
+            Err(AppendError::Conflict) => {}
             Err(e) => {
-                let e = AppendError::Unavailable(e.to_string());
                 for p in group {
                     let _ = p.reply.send(Err(e.clone()));
                 }
@@ -191,29 +188,4 @@ async fn commit(js: &async_nats::jetstream::Context, mut group: Vec<Pending>) {
         };
         let _ = p.reply.send(answer);
     }
-}
-
-/// The group as one atomic batch; the last event's stream sequence and the batch's size.
-async fn batch(
-    js: &async_nats::jetstream::Context,
-    group: &[Pending],
-) -> Result<(u64, u64), jetstream_extra::batch_publish::BatchPublishError> {
-    let message = |p: &Pending| {
-        OutboundMessage::new(
-            p.subject.clone().into(),
-            p.payload.clone(),
-            Some(p.headers.clone()),
-        )
-    };
-    let (last, init) = group.split_last().expect("a group is never empty");
-    let mut batch = js
-        .batch_publish()
-        .ack_first(false)
-        .timeout(common::nats::REQUEST_TIMEOUT)
-        .build();
-    for p in init {
-        batch.add_message(message(p)).await?;
-    }
-    let ack = batch.commit_message(message(last)).await?;
-    Ok((ack.sequence, ack.batch_size))
 }

@@ -127,49 +127,21 @@ impl EventStore {
             other.to_json().into(),
             Some(headers),
         );
-        let result = async {
-            let mut batch = self
-                .js
-                .batch_publish()
-                .ack_first(false)
-                .timeout(REQUEST_TIMEOUT)
-                .build();
-            batch.add_message(first).await?;
-            batch.commit_message(second).await
-        }
-        .await;
+        let result = publish_atomic(&self.js, vec![first, second]).await;
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
-        match result {
-            Ok(ack) if ack.batch_size == 2 => {
-                for name in [env.type_name(), other.event.type_name()] {
-                    self.metrics.appended.with_label_values(&[name]).inc();
-                }
-                Ok((ack.sequence - 1, ack.sequence))
-            }
-            Ok(ack) => Err(AppendError::Other(format!(
-                "the batch ack counts {} messages, not 2",
-                ack.batch_size
-            ))),
-            Err(e) => Err(self.batch_error(e)),
+        let first = self.count_conflict(result)?;
+        for name in [env.type_name(), other.event.type_name()] {
+            self.metrics.appended.with_label_values(&[name]).inc();
         }
+        Ok((first, first + 1))
     }
 
-    /// What an atomic batch's failure means: a conflict (some message's expected sequence was
-    /// wrong: nothing stored), our own mistake in building it, or the store not answering.
-    fn batch_error(&self, e: jetstream_extra::batch_publish::BatchPublishError) -> AppendError {
-        if e.to_string().contains("wrong last sequence") {
+    /// Counts a refused conditional append in `jobs_append_conflicts_total`.
+    fn count_conflict<T>(&self, result: Result<T, AppendError>) -> Result<T, AppendError> {
+        if matches!(result, Err(AppendError::Conflict)) {
             self.metrics.conflicts.inc();
-            return AppendError::Conflict;
         }
-        match e.kind() {
-            BatchPublishErrorKind::MaxMessagesExceeded
-            | BatchPublishErrorKind::EmptyBatch
-            | BatchPublishErrorKind::BatchClosed
-            | BatchPublishErrorKind::BatchPublishUnsupportedHeader
-            | BatchPublishErrorKind::BatchPublishDuplicateMsgId
-            | BatchPublishErrorKind::BatchPublishNotEnabled => AppendError::Other(e.to_string()),
-            _ => AppendError::Unavailable(e.to_string()),
-        }
+        result
     }
 
     /// Starts the group committer on the current runtime (`grouped` false: every append is
@@ -221,21 +193,15 @@ impl EventStore {
             )
             .await;
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
-        match result {
-            Ok(w) if w.duplicate => self.confirm_duplicate(env, w.seq).await,
-            Ok(w) => {
-                self.metrics
-                    .appended
-                    .with_label_values(&[env.type_name()])
-                    .inc();
-                Ok(w.seq)
-            }
-            Err(AppendError::Conflict) => {
-                self.metrics.conflicts.inc();
-                Err(AppendError::Conflict)
-            }
-            Err(e) => Err(e),
+        let written = self.count_conflict(result)?;
+        if written.duplicate {
+            return self.confirm_duplicate(env, written.seq).await;
         }
+        self.metrics
+            .appended
+            .with_label_values(&[env.type_name()])
+            .inc();
+        Ok(written.seq)
     }
 
     /// JetStream answered "duplicate": an event with this id was stored before (a re-run of
@@ -293,43 +259,66 @@ impl EventStore {
                 Some(event_headers(env, traceparent, Some(*expected))),
             )
         };
-        let (last, init) = items
-            .split_last()
-            .ok_or_else(|| AppendError::Other("empty batch".into()))?;
-        let result = async {
-            let mut batch = self
-                .js
-                .batch_publish()
-                .ack_first(false)
-                .timeout(REQUEST_TIMEOUT)
-                .build();
-            for item in init {
-                batch.add_message(message(item)).await?;
-            }
-            batch.commit_message(message(last)).await
-        }
-        .await;
+        let result = publish_atomic(&self.js, items.iter().map(message).collect()).await;
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
-        match result {
-            Ok(ack) => {
-                if ack.batch_size != items.len() as u64 {
-                    return Err(AppendError::Other(format!(
-                        "the batch ack counts {} messages, not {}",
-                        ack.batch_size,
-                        items.len()
-                    )));
-                }
-                for (env, _) in items {
-                    self.metrics
-                        .appended
-                        .with_label_values(&[env.type_name()])
-                        .inc();
-                }
-                let first = ack.sequence + 1 - items.len() as u64;
-                Ok((first..=ack.sequence).collect())
-            }
-            Err(e) => Err(self.batch_error(e)),
+        let first = self.count_conflict(result)?;
+        for (env, _) in items {
+            self.metrics
+                .appended
+                .with_label_values(&[env.type_name()])
+                .inc();
         }
+        Ok((first..first + items.len() as u64).collect())
+    }
+}
+
+/// Publishes `messages` as one atomic batch: all are stored or none. It does not wait for the
+/// first message's acknowledgement (one round trip per batch). Returns the first message's
+/// stream sequence; the others follow it one by one.
+pub(crate) async fn publish_atomic(
+    js: &async_nats::jetstream::Context,
+    mut messages: Vec<OutboundMessage>,
+) -> Result<u64, AppendError> {
+    let count = messages.len() as u64;
+    let last = messages
+        .pop()
+        .ok_or_else(|| AppendError::Other("empty batch".into()))?;
+    let result = async {
+        let mut batch = js
+            .batch_publish()
+            .ack_first(false)
+            .timeout(REQUEST_TIMEOUT)
+            .build();
+        for m in messages {
+            batch.add_message(m).await?;
+        }
+        batch.commit_message(last).await
+    }
+    .await;
+    match result {
+        Ok(ack) if ack.batch_size == count => Ok(ack.sequence + 1 - count),
+        Ok(ack) => Err(AppendError::Other(format!(
+            "the batch ack counts {} messages, not {count}",
+            ack.batch_size
+        ))),
+        Err(e) => Err(batch_error(e)),
+    }
+}
+
+/// What an atomic batch's failure means: a conflict (some message's expected sequence was
+/// wrong: nothing stored), our own mistake in building it, or the store not answering.
+fn batch_error(e: jetstream_extra::batch_publish::BatchPublishError) -> AppendError {
+    if e.to_string().contains("wrong last sequence") {
+        return AppendError::Conflict;
+    }
+    match e.kind() {
+        BatchPublishErrorKind::MaxMessagesExceeded
+        | BatchPublishErrorKind::EmptyBatch
+        | BatchPublishErrorKind::BatchClosed
+        | BatchPublishErrorKind::BatchPublishUnsupportedHeader
+        | BatchPublishErrorKind::BatchPublishDuplicateMsgId
+        | BatchPublishErrorKind::BatchPublishNotEnabled => AppendError::Other(e.to_string()),
+        _ => AppendError::Unavailable(e.to_string()),
     }
 }
 

@@ -46,6 +46,18 @@ fn subject(i: usize) -> String {
     )
 }
 
+/// The last event stored on the first job's subject (sequence, payload) and how many events
+/// the stream holds.
+async fn stored(js: &async_nats::jetstream::Context) -> (u64, Bytes, u64) {
+    let stream = js.get_stream(events::stream::STREAM_NAME).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&subject(0))
+        .await
+        .unwrap();
+    let messages = stream.get_info().await.unwrap().state.messages;
+    (last.sequence, last.payload, messages)
+}
+
 // One thread: every write below is queued before the committer runs, so they form groups.
 #[tokio::test(flavor = "current_thread")]
 async fn appends_that_meet_leave_as_one_batch_and_each_gets_its_own_sequence() {
@@ -109,14 +121,10 @@ async fn a_group_with_a_lost_race_stores_the_winner_and_everyone_else() {
     for a in &answers[1..=10] {
         assert!(a.is_ok(), "{a:?}");
     }
-    let stream = js.get_stream(events::stream::STREAM_NAME).await.unwrap();
-    let last = stream
-        .get_last_raw_message_by_subject(&subject(0))
-        .await
-        .unwrap();
-    assert_eq!(last.sequence, first.seq);
-    assert_eq!(&last.payload[..], b"first");
-    assert_eq!(stream.get_info().await.unwrap().state.messages, 11);
+    let (seq, payload, messages) = stored(&js).await;
+    assert_eq!(seq, first.seq);
+    assert_eq!(&payload[..], b"first");
+    assert_eq!(messages, 11);
 }
 
 #[tokio::test]
@@ -133,12 +141,8 @@ async fn a_retried_append_is_never_stored_twice() {
         .write(subject(0), Bytes::from("x"), headers(0), "same-id".into())
         .await;
     assert!(matches!(again, Err(AppendError::Conflict)), "{again:?}");
-    let stream = js.get_stream(events::stream::STREAM_NAME).await.unwrap();
-    let last = stream
-        .get_last_raw_message_by_subject(&subject(0))
-        .await
-        .unwrap();
-    assert_eq!(last.sequence, once.seq);
-    assert_eq!(stream.get_info().await.unwrap().state.messages, 1);
+    let (seq, _, messages) = stored(&js).await;
+    assert_eq!(seq, once.seq);
+    assert_eq!(messages, 1);
     assert_eq!(sizes.get_sample_sum(), 2.0);
 }
