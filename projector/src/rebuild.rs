@@ -13,13 +13,15 @@ use anyhow::Context;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::Context as JetStream;
 use events::stream::STREAM_NAME;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
+use tokio::sync::mpsc;
 
 use crate::projection::{apply_batch, apply_batch_in, Incoming, NOTIFY_CHANNEL, PROJECTION_LOCK};
 
-const BATCH: usize = 2000;
+/// Messages per transaction while replaying.
+const BATCH: usize = 5000;
 
 /// What a rebuild did.
 #[derive(Debug)]
@@ -29,12 +31,13 @@ pub struct Report {
     pub checkpoint: u64,
 }
 
-/// Reads the stream from `start` to its current end in batches, handing each to `f`.
-async fn replay<F, Fut>(js: &JetStream, start: u64, mut f: F) -> anyhow::Result<u64>
-where
-    F: FnMut(Vec<Incoming>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
+/// Reads the stream from `start` to its current end in batches and sends each to `out`, so
+/// reading the next batch overlaps with writing the last. Returns how many messages it read.
+async fn replay(
+    js: &JetStream,
+    start: u64,
+    out: mpsc::Sender<Vec<Incoming>>,
+) -> anyhow::Result<u64> {
     let stream = js
         .get_stream(STREAM_NAME)
         .await
@@ -68,13 +71,70 @@ where
         });
         count += 1;
         if batch.len() >= BATCH || pending == 0 {
-            f(std::mem::take(&mut batch)).await?;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if out.send(full).await.is_err() {
+                // The writer stopped; its error is the one to report.
+                break;
+            }
         }
         if pending == 0 {
             break;
         }
     }
     Ok(count)
+}
+
+/// Replays the stream from `start` into `pool`'s tables, reading and writing at once.
+async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Result<u64> {
+    let (tx, mut rx) = mpsc::channel::<Vec<Incoming>>(4);
+    let write = async {
+        while let Some(batch) = rx.recv().await {
+            apply_batch(pool, &batch).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (events, ()) = tokio::try_join!(replay(js, start, tx), write)?;
+    Ok(events)
+}
+
+/// Drops the secondary (non-unique) indexes of `schema`'s tables and returns their
+/// definitions. Upholding them row by row is most of a replay's cost in Postgres; built again
+/// in one pass each at the end ([`create_indexes`]), they come out the same. Primary keys and
+/// unique indexes stay: the upserts need them.
+async fn drop_secondary_indexes(pool: &PgPool, schema: &str) -> anyhow::Result<Vec<String>> {
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_indexdef(c.oid)
+           FROM pg_index x
+           JOIN pg_class c ON c.oid = x.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND NOT x.indisprimary AND NOT x.indisunique",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .context("listing the new schema's indexes")?;
+    for (name, _) in &indexes {
+        sqlx::query(&format!("DROP INDEX {schema}.{name}"))
+            .execute(pool)
+            .await
+            .with_context(|| format!("dropping index {name} for the replay"))?;
+    }
+    Ok(indexes.into_iter().map(|(_, def)| def).collect())
+}
+
+/// Builds the indexes [`drop_secondary_indexes`] dropped, two at a time (one per connection).
+async fn create_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result<()> {
+    futures::stream::iter(definitions)
+        .map(|def| async move {
+            sqlx::query(def)
+                .execute(pool)
+                .await
+                .with_context(|| format!("building {def}"))
+        })
+        .buffer_unordered(2)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
 }
 
 /// Rebuilds the read model of `database_url` from the stream and swaps it in.
@@ -96,19 +156,23 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
         .await?;
     let fresh: PgPool = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(options.clone().options([("search_path", schema.as_str())]))
+        // A replay that stops is started again from scratch, so its commits need not wait
+        // for the disk; the swap below commits durably on its own connection.
+        .connect_with(options.clone().options([
+            ("search_path", schema.as_str()),
+            ("synchronous_commit", "off"),
+            ("maintenance_work_mem", "256MB"),
+        ]))
         .await?;
     let result = async {
         common::db::MIGRATOR
             .run(&fresh)
             .await
             .context("migrating the new schema")?;
-        // 1. Replay into the new schema.
-        let mut events = replay(js, 1, |batch| {
-            let fresh = fresh.clone();
-            async move { apply_batch(&fresh, &batch).await.map(|_| ()) }
-        })
-        .await?;
+        // 1. Replay into the new schema, without its secondary indexes, then build them.
+        let indexes = drop_secondary_indexes(&fresh, &schema).await?;
+        let mut events = replay_into(js, 1, &fresh).await?;
+        create_indexes(&fresh, &indexes).await?;
         tracing::info!(schema, events, "replayed; swapping");
         // 2. Catch up and swap, holding the projection lock.
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
@@ -124,15 +188,15 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
             sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-        let mut rest = Vec::new();
-        events += replay(js, done as u64 + 1, |batch| {
-            rest.push(batch);
-            async { Ok(()) }
-        })
-        .await?;
-        for batch in rest {
-            apply_batch_in(&mut tx, &batch).await?;
-        }
+        let (sender, mut received) = mpsc::channel::<Vec<Incoming>>(4);
+        let write = async {
+            while let Some(batch) = received.recv().await {
+                apply_batch_in(&mut tx, &batch).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let (more, ()) = tokio::try_join!(replay(js, done as u64 + 1, sender), write)?;
+        events += more;
         let checkpoint: i64 =
             sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1")
                 .fetch_one(&mut *tx)
