@@ -60,54 +60,50 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
     if consumer.info().await.context("consumer info")?.num_pending == 0 {
         mark_caught_up(engine);
     }
-    let mut messages = consumer.messages().await.context("following JOBS_EVENTS")?;
+    let messages = consumer.messages().await.context("following JOBS_EVENTS")?;
+    // Decoding (JSON) runs in a task of its own, beside the folding: a replay after a restart
+    // uses both cores instead of one.
+    let (tx, mut decoded) = tokio::sync::mpsc::channel(DECODED_AHEAD);
+    let _decoder = AbortOnDrop(tokio::spawn(decode(messages, tx)));
     loop {
         let next = tokio::select! {
-            m = messages.next() => m,
+            m = decoded.recv() => m,
             _ = stop.cancelled() => return Ok(()),
         };
-        let msg = next
-            .context("the consumer ended")?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let info = msg
-            .info()
-            .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        if parse_job_subject(&msg.subject).is_some() {
-            match Envelope::from_json(&msg.payload) {
-                Ok(envelope) => {
-                    engine.schedules.observe(&envelope);
-                    fold(engine, seq, envelope).await?
-                }
-                // Written by a newer version: stop here until this one is upgraded.
-                Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
-                Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
+        let Decoded { seq, pending, item } = next.context("the consumer ended")??;
+        match item {
+            Item::Job(Ok(envelope)) => {
+                engine.schedules.observe(&envelope);
+                fold(engine, seq, *envelope).await?
             }
-        } else if msg.subject.starts_with("jobs.tenants.")
-            || msg.subject.starts_with("jobs.workers.")
-        {
-            match PlatformEnvelope::from_json(&msg.payload) {
-                Ok(env) => {
-                    engine.model().fold_platform(&env.event);
-                    if let events::platform::PlatformEvent::ConcurrencySlotTaken {
-                        tenant_id,
-                        concurrency_key,
-                        ..
-                    } = &env.event
-                    {
-                        engine.model().note_slot(*tenant_id, concurrency_key, seq);
-                    }
-                    // A resumed queue or type (or undrained worker): waiting workers may take
-                    // its jobs now.
-                    if matches!(env.event.pause(), Some((_, _, false))) {
-                        engine.ready.notify_waiters();
-                    }
+            Item::Platform(Ok(env)) => {
+                engine.model().fold_platform(&env.event);
+                if let events::platform::PlatformEvent::ConcurrencySlotTaken {
+                    tenant_id,
+                    concurrency_key,
+                    ..
+                } = &env.event
+                {
+                    engine.model().note_slot(*tenant_id, concurrency_key, seq);
                 }
-                Err(e @ DecodeError::TooNew(_)) => anyhow::bail!("seq {seq}: {e}"),
-                Err(e) => tracing::error!(seq, error = %e, "undecodable event; skipped"),
+                // A resumed queue or type (or undrained worker): waiting workers may take
+                // its jobs now.
+                if matches!(env.event.pause(), Some((_, _, false))) {
+                    engine.ready.notify_waiters();
+                }
             }
-        } else if msg.subject.starts_with("jobs.schedules.") {
-            crate::scheduler::fold_message(engine, &msg.subject, seq, &msg.payload)?;
+            // Written by a newer version: stop here until this one is upgraded.
+            Item::Job(Err(e @ DecodeError::TooNew(_)))
+            | Item::Platform(Err(e @ DecodeError::TooNew(_))) => {
+                anyhow::bail!("seq {seq}: {e}")
+            }
+            Item::Job(Err(e)) | Item::Platform(Err(e)) => {
+                tracing::error!(seq, error = %e, "undecodable event; skipped")
+            }
+            Item::Schedule { subject, payload } => {
+                crate::scheduler::fold_message(engine, &subject, seq, &payload)?
+            }
+            Item::Other => {}
         }
         engine.position.send_if_modified(|p| {
             let moved = seq > *p;
@@ -117,6 +113,73 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
         if pending == 0 {
             mark_caught_up(engine);
         }
+    }
+}
+
+/// How many decoded messages may wait for the fold.
+const DECODED_AHEAD: usize = 4096;
+
+/// A stream message, decoded.
+struct Decoded {
+    seq: u64,
+    /// Messages after this one in the stream when it was delivered.
+    pending: u64,
+    item: Item,
+}
+
+enum Item {
+    /// Boxed: an envelope is large beside the other variants.
+    Job(Result<Box<Envelope>, DecodeError>),
+    Platform(Result<PlatformEnvelope, DecodeError>),
+    Schedule {
+        subject: async_nats::Subject,
+        payload: bytes::Bytes,
+    },
+    /// Not something the write model follows.
+    Other,
+}
+
+/// Decodes the consumer's messages in order and hands them on, until the stream fails or the
+/// receiver is gone.
+async fn decode(
+    mut messages: pull::Ordered,
+    out: tokio::sync::mpsc::Sender<anyhow::Result<Decoded>>,
+) {
+    while let Some(next) = messages.next().await {
+        let decoded = next.map_err(|e| anyhow::anyhow!("{e}")).and_then(|msg| {
+            let info = msg
+                .info()
+                .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let item = if parse_job_subject(&msg.subject).is_some() {
+                Item::Job(Envelope::from_json(&msg.payload).map(Box::new))
+            } else if msg.subject.starts_with("jobs.tenants.")
+                || msg.subject.starts_with("jobs.workers.")
+            {
+                Item::Platform(PlatformEnvelope::from_json(&msg.payload))
+            } else if msg.subject.starts_with("jobs.schedules.") {
+                Item::Schedule {
+                    subject: msg.subject.clone(),
+                    payload: msg.payload.clone(),
+                }
+            } else {
+                Item::Other
+            };
+            Ok(Decoded { seq, pending, item })
+        });
+        let failed = decoded.is_err();
+        if out.send(decoded).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped (the decoder outlives no `follow_once`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
