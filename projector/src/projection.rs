@@ -297,6 +297,99 @@ pub async fn apply_batch_in(
     tx: &mut sqlx::PgConnection,
     batch: &[Incoming],
 ) -> anyhow::Result<Outcome> {
+    apply_batch_split(tx, batch, None).await
+}
+
+/// [`apply_batch`], except that the batch's `job_events` rows (and the purges of earlier
+/// ones) are handed to `history` instead of written: for a replay that writes them on a
+/// connection of its own, in the same order, so the result is the same.
+pub async fn apply_batch_deferring(
+    pool: &PgPool,
+    batch: &[Incoming],
+    history: &mut Vec<History>,
+) -> anyhow::Result<Outcome> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(PROJECTION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let out = apply_batch_split(&mut tx, batch, Some(history)).await?;
+    tx.commit().await.context("committing the batch")?;
+    Ok(out)
+}
+
+/// A batch's rows for `job_events`, and the jobs whose whole history it purged.
+#[derive(Debug, Default)]
+pub struct History {
+    seq: Vec<i64>,
+    tenant: Vec<Uuid>,
+    job: Vec<Uuid>,
+    event_id: Vec<Uuid>,
+    kind: Vec<String>,
+    at: Vec<DateTime<Utc>>,
+    actor: Vec<Value>,
+    data: Vec<Value>,
+    purged: Vec<Uuid>,
+}
+
+impl History {
+    fn new(events: &[&Recorded], purged: Vec<Uuid>) -> Self {
+        Self {
+            seq: events.iter().map(|r| r.seq as i64).collect(),
+            tenant: events.iter().map(|r| r.envelope.tenant_id).collect(),
+            job: events.iter().map(|r| r.envelope.job_id).collect(),
+            event_id: events.iter().map(|r| r.envelope.event_id).collect(),
+            kind: events
+                .iter()
+                .map(|r| r.envelope.type_name().to_string())
+                .collect(),
+            at: events.iter().map(|r| r.envelope.at).collect(),
+            actor: events
+                .iter()
+                .map(|r| serde_json::to_value(&r.envelope.actor).expect("serializes"))
+                .collect(),
+            data: events.iter().map(|r| r.envelope.event.data()).collect(),
+            purged,
+        }
+    }
+
+    /// Inserts the rows, then deletes the purged jobs' history.
+    pub async fn write(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+        if !self.seq.is_empty() {
+            sqlx::query(
+                "INSERT INTO job_events (seq, tenant_id, job_id, event_id, type, at, actor, data)
+                 SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                      $6::timestamptz[], $7::jsonb[], $8::jsonb[])
+                 ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(&self.seq)
+            .bind(&self.tenant)
+            .bind(&self.job)
+            .bind(&self.event_id)
+            .bind(&self.kind)
+            .bind(&self.at)
+            .bind(&self.actor)
+            .bind(&self.data)
+            .execute(&mut *conn)
+            .await
+            .context("inserting job events")?;
+        }
+        if !self.purged.is_empty() {
+            sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)")
+                .bind(&self.purged)
+                .execute(&mut *conn)
+                .await
+                .context("deleting purged jobs' history")?;
+        }
+        Ok(())
+    }
+}
+
+async fn apply_batch_split(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Incoming],
+    deferred: Option<&mut Vec<History>>,
+) -> anyhow::Result<Outcome> {
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
@@ -456,49 +549,17 @@ pub async fn apply_batch_in(
         .into_iter()
         .filter(|r| !purged.contains(&r.envelope.job_id))
         .collect();
-    if !history.is_empty() {
-        let seq: Vec<i64> = history.iter().map(|r| r.seq as i64).collect();
-        let tenant: Vec<Uuid> = history.iter().map(|r| r.envelope.tenant_id).collect();
-        let job: Vec<Uuid> = history.iter().map(|r| r.envelope.job_id).collect();
-        let event_id: Vec<Uuid> = history.iter().map(|r| r.envelope.event_id).collect();
-        let kind: Vec<String> = history
-            .iter()
-            .map(|r| r.envelope.type_name().to_string())
-            .collect();
-        let at: Vec<DateTime<Utc>> = history.iter().map(|r| r.envelope.at).collect();
-        let actor: Vec<Value> = history
-            .iter()
-            .map(|r| serde_json::to_value(&r.envelope.actor).expect("serializes"))
-            .collect();
-        let data: Vec<Value> = history.iter().map(|r| r.envelope.event.data()).collect();
-        sqlx::query(
-            "INSERT INTO job_events (seq, tenant_id, job_id, event_id, type, at, actor, data)
-             SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                  $6::timestamptz[], $7::jsonb[], $8::jsonb[])
-             ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(&seq)
-        .bind(&tenant)
-        .bind(&job)
-        .bind(&event_id)
-        .bind(&kind)
-        .bind(&at)
-        .bind(&actor)
-        .bind(&data)
-        .execute(&mut *tx)
-        .await
-        .context("inserting job events")?;
-    }
+    let purged: Vec<Uuid> = purged.into_iter().collect();
     if !purged.is_empty() {
-        let purged: Vec<Uuid> = purged.into_iter().collect();
         sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
             .bind(&purged)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)")
-            .bind(&purged)
-            .execute(&mut *tx)
-            .await?;
+    }
+    let history = History::new(&history, purged);
+    match deferred {
+        Some(later) => later.push(history),
+        None => history.write(&mut *tx).await?,
     }
 
     sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")

@@ -18,7 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
 
-use crate::projection::{apply_batch, apply_batch_in, Incoming, NOTIFY_CHANNEL, PROJECTION_LOCK};
+use crate::projection::{
+    apply_batch_deferring, apply_batch_in, History, Incoming, NOTIFY_CHANNEL, PROJECTION_LOCK,
+};
 
 /// Messages per transaction while replaying.
 const BATCH: usize = 5000;
@@ -84,16 +86,33 @@ async fn replay(
     Ok(count)
 }
 
-/// Replays the stream from `start` into `pool`'s tables, reading and writing at once.
+/// Replays the stream from `start` into `pool`'s tables on three lanes at once: reading the
+/// stream, folding the jobs (one connection), and writing the event history (another), each
+/// batch's history after the one before, as the live projector would.
 async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Result<u64> {
     let (tx, mut rx) = mpsc::channel::<Vec<Incoming>>(4);
-    let write = async {
+    let (history_tx, mut history_rx) = mpsc::channel::<Vec<History>>(4);
+    let write = async move {
         while let Some(batch) = rx.recv().await {
-            apply_batch(pool, &batch).await?;
+            let mut history = Vec::new();
+            apply_batch_deferring(pool, &batch, &mut history).await?;
+            if history_tx.send(history).await.is_err() {
+                // The history writer stopped; its error is the one to report.
+                break;
+            }
         }
         Ok::<_, anyhow::Error>(())
     };
-    let (events, ()) = tokio::try_join!(replay(js, start, tx), write)?;
+    let write_history = async {
+        let mut conn = pool.acquire().await?;
+        while let Some(batch) = history_rx.recv().await {
+            for history in batch {
+                history.write(&mut conn).await?;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (events, (), ()) = tokio::try_join!(replay(js, start, tx), write, write_history)?;
     Ok(events)
 }
 

@@ -414,12 +414,10 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         .unwrap();
     assert_eq!(res.status(), 201);
     let w = app.worker("rebuilder");
-    for (i, j) in w
+    let leased = w
         .lease(&json!({"types": ["email.send"], "max_jobs": 30}))
-        .await
-        .iter()
-        .enumerate()
-    {
+        .await;
+    for (i, j) in leased.iter().enumerate() {
         let status = if i % 3 == 0 {
             w.fail(j, false).await.0
         } else {
@@ -427,6 +425,19 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         };
         assert_eq!(status, 200);
     }
+    // A purge too: the rebuild writes the history on a connection of its own, and must
+    // still delete the purged job's history after writing it.
+    let purged = leased[0]["id"].as_str().unwrap().to_string();
+    let res = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/jobs/v1/dlq/{purged}"),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     let res = app
         .request(
             reqwest::Method::PUT,
@@ -447,9 +458,19 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     let (_, probe) = app.get("/jobs/v1/jobs?limit=1", last).await;
     let some_id = probe["data"][0]["id"].as_str().unwrap().to_string();
     let pool = app.pool().await;
+    let purged_history: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = $1::uuid")
+            .bind(&purged)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        purged_history, 0,
+        "the live projector dropped the purged job's history"
+    );
     let before = dump(&pool).await;
     let indexes_before = indexes(&pool).await;
-    assert_eq!(before[0].1.len(), 60);
+    assert_eq!(before[0].1.len(), 59, "60 jobs, one purged");
 
     // Queries keep coming while the rebuild runs and swaps.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
