@@ -17,6 +17,7 @@ use events::stream::{parse_job_subject, STREAM_NAME};
 use events::{Actor, Command, Envelope, JobEvent, Recorded};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::engine::Engine;
 use crate::model::{Due, Folded};
@@ -64,7 +65,7 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
     // Decoding (JSON) runs in a task of its own, beside the folding: a replay after a restart
     // uses both cores instead of one.
     let (tx, mut decoded) = tokio::sync::mpsc::channel(DECODED_AHEAD);
-    let _decoder = AbortOnDrop(tokio::spawn(decode(messages, tx)));
+    let _decoder = AbortOnDropHandle::new(tokio::spawn(decode(messages, tx)));
     loop {
         let next = tokio::select! {
             m = decoded.recv() => m,
@@ -171,15 +172,6 @@ async fn decode(
         if out.send(decoded).await.is_err() || failed {
             return;
         }
-    }
-}
-
-/// Aborts a task when dropped (the decoder outlives no `follow_once`).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

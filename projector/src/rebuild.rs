@@ -17,6 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::projection::{
     apply_batch_deferring, apply_batch_in, History, Incoming, NOTIFY_CHANNEL, PROJECTION_LOCK,
@@ -92,6 +93,24 @@ async fn replay(
 async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Result<u64> {
     let (tx, mut rx) = mpsc::channel::<Vec<Incoming>>(4);
     let (history_tx, mut history_rx) = mpsc::channel::<Vec<History>>(4);
+    // The reader and the history writer are tasks of their own, so their work runs on the
+    // other core.
+    let reader = AbortOnDropHandle::new(tokio::spawn({
+        let js = js.clone();
+        async move { replay(&js, start, tx).await }
+    }));
+    let history = AbortOnDropHandle::new(tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await?;
+            while let Some(batch) = history_rx.recv().await {
+                for history in batch {
+                    history.write(&mut conn).await?;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    }));
     let write = async move {
         while let Some(batch) = rx.recv().await {
             let mut history = Vec::new();
@@ -103,16 +122,11 @@ async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Resul
         }
         Ok::<_, anyhow::Error>(())
     };
-    let write_history = async {
-        let mut conn = pool.acquire().await?;
-        while let Some(batch) = history_rx.recv().await {
-            for history in batch {
-                history.write(&mut conn).await?;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    let (events, (), ()) = tokio::try_join!(replay(js, start, tx), write, write_history)?;
+    let (events, (), ()) = tokio::try_join!(
+        async { reader.await.context("the stream reader failed")? },
+        write,
+        async { history.await.context("the history writer failed")? },
+    )?;
     Ok(events)
 }
 
