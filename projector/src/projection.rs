@@ -282,14 +282,20 @@ pub const PROJECTION_LOCK: i64 = 0x6a6f_6273_7072_6f6a;
 /// Applies `batch` (in stream order) and advances the checkpoint, all in one transaction.
 #[tracing::instrument(skip_all, fields(size = batch.len()), err)]
 pub async fn apply_batch(pool: &PgPool, batch: &[Incoming]) -> anyhow::Result<Outcome> {
+    let mut tx = begin_locked(pool).await?;
+    let out = apply_batch_in(&mut tx, batch).await?;
+    tx.commit().await.context("committing the batch")?;
+    Ok(out)
+}
+
+/// A transaction holding the projection lock (so no two batches interleave).
+async fn begin_locked(pool: &PgPool) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(PROJECTION_LOCK)
         .execute(&mut *tx)
         .await?;
-    let out = apply_batch_in(&mut tx, batch).await?;
-    tx.commit().await.context("committing the batch")?;
-    Ok(out)
+    Ok(tx)
 }
 
 /// Applies `batch` within the caller's transaction (whose search_path picks the tables).
@@ -297,25 +303,22 @@ pub async fn apply_batch_in(
     tx: &mut sqlx::PgConnection,
     batch: &[Incoming],
 ) -> anyhow::Result<Outcome> {
-    apply_batch_split(tx, batch, None).await
+    let (out, history) = apply_batch_split(tx, batch).await?;
+    history.write(tx).await?;
+    Ok(out)
 }
 
 /// [`apply_batch`], except that the batch's `job_events` rows (and the purges of earlier
-/// ones) are handed to `history` instead of written: for a replay that writes them on a
-/// connection of its own, in the same order, so the result is the same.
+/// ones) are returned instead of written: for a replay that writes them on a connection of
+/// its own, in the same order, so the result is the same.
 pub async fn apply_batch_deferring(
     pool: &PgPool,
     batch: &[Incoming],
-    history: &mut Vec<History>,
-) -> anyhow::Result<Outcome> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PROJECTION_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let out = apply_batch_split(&mut tx, batch, Some(history)).await?;
+) -> anyhow::Result<(Outcome, History)> {
+    let mut tx = begin_locked(pool).await?;
+    let applied = apply_batch_split(&mut tx, batch).await?;
     tx.commit().await.context("committing the batch")?;
-    Ok(out)
+    Ok(applied)
 }
 
 /// A batch's rows for `job_events`, and the jobs whose whole history it purged.
@@ -385,21 +388,22 @@ impl History {
     }
 }
 
+/// Applies `batch` but for its event history, which it returns.
 async fn apply_batch_split(
     tx: &mut sqlx::PgConnection,
     batch: &[Incoming],
-    deferred: Option<&mut Vec<History>>,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<(Outcome, History)> {
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
             .fetch_one(&mut *tx)
             .await?;
     let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > checkpoint).collect();
     let Some(last) = fresh.iter().map(|m| m.seq).max() else {
-        return Ok(Outcome {
+        let out = Outcome {
             checkpoint: checkpoint as u64,
             ..Default::default()
-        });
+        };
+        return Ok((out, History::default()));
     };
     // Every message of the stream comes through here, in order: a gap means messages were
     // lost on the way (e.g. across a reconnect); resume from the checkpoint instead.
@@ -557,10 +561,6 @@ async fn apply_batch_split(
             .await?;
     }
     let history = History::new(&history, purged);
-    match deferred {
-        Some(later) => later.push(history),
-        None => history.write(&mut *tx).await?,
-    }
 
     sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")
         .bind(last as i64)
@@ -572,5 +572,5 @@ async fn apply_batch_split(
         .execute(&mut *tx)
         .await?;
     out.checkpoint = last;
-    Ok(out)
+    Ok((out, history))
 }

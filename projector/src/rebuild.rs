@@ -92,7 +92,7 @@ async fn replay(
 /// batch's history after the one before, as the live projector would.
 async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Result<u64> {
     let (tx, mut rx) = mpsc::channel::<Vec<Incoming>>(4);
-    let (history_tx, mut history_rx) = mpsc::channel::<Vec<History>>(4);
+    let (history_tx, mut history_rx) = mpsc::channel::<History>(4);
     // The reader and the history writer are tasks of their own, so their work runs on the
     // other core.
     let reader = AbortOnDropHandle::new(tokio::spawn({
@@ -103,18 +103,15 @@ async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Resul
         let pool = pool.clone();
         async move {
             let mut conn = pool.acquire().await?;
-            while let Some(batch) = history_rx.recv().await {
-                for history in batch {
-                    history.write(&mut conn).await?;
-                }
+            while let Some(history) = history_rx.recv().await {
+                history.write(&mut conn).await?;
             }
             Ok::<_, anyhow::Error>(())
         }
     }));
     let write = async move {
         while let Some(batch) = rx.recv().await {
-            let mut history = Vec::new();
-            apply_batch_deferring(pool, &batch, &mut history).await?;
+            let (_, history) = apply_batch_deferring(pool, &batch).await?;
             if history_tx.send(history).await.is_err() {
                 // The history writer stopped; its error is the one to report.
                 break;
