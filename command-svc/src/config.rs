@@ -36,6 +36,13 @@ pub struct Config {
     /// save (docs/performance.md); turn it on where fsync, not CPU, is the bound (slow disks).
     #[arg(long, env = "JOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub group_commit: bool,
+    /// Directory of the write model's snapshot: written at graceful shutdown, read at start so
+    /// that only the events after it are replayed (a restart with a million pending jobs in
+    /// seconds, not a replay of the whole stream). A cache: one that does not fit the stream
+    /// is ignored. Unset: no snapshot, every start replays the whole stream. One directory per
+    /// instance.
+    #[arg(long, env = "JOBS_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]

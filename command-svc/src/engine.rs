@@ -16,7 +16,7 @@ use events::stream::{job_subject, STREAM_NAME};
 use events::{
     decide, Actor, Command, Envelope, Job, JobEvent, Recorded, Rejection, SCHEMA_VERSION,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
@@ -31,6 +31,7 @@ pub struct EngineMetrics {
     pub ready_depth: IntGaugeVec,
     pub lease_wait: HistogramVec,
     pub lease_expiries: IntCounter,
+    pub snapshot_position: IntGauge,
 }
 
 impl EngineMetrics {
@@ -57,10 +58,17 @@ impl EngineMetrics {
             .expect("valid"),
             lease_expiries: IntCounter::new("jobs_lease_expiries_total", "Leases that ran out.")
                 .expect("valid"),
+            snapshot_position: IntGauge::new(
+                "jobs_snapshot_restored_position",
+                "Stream sequence of the write-model snapshot this instance started from (0: it \
+                 replayed the whole stream).",
+            )
+            .expect("valid"),
         };
         m.register(&s.ready_depth);
         m.register(&s.lease_wait);
         m.register(&s.lease_expiries);
+        m.register(&s.snapshot_position);
         s
     }
 }
@@ -153,6 +161,13 @@ impl Engine {
         self.model
             .lock()
             .expect("the write model lock is never poisoned")
+    }
+
+    /// Replaces the model with one restored from a snapshot at `position` (before the
+    /// follower starts: it then follows from there).
+    pub fn install(&self, model: WriteModel, position: u64) {
+        *self.model() = model;
+        self.position.send_replace(position);
     }
 
     pub fn is_caught_up(&self) -> bool {

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod model;
 pub mod routes;
 pub mod scheduler;
+pub mod snapshot;
 pub mod startup;
 pub mod store;
 pub mod tls;

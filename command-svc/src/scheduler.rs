@@ -93,6 +93,13 @@ struct Entries {
     deleted: HashMap<Uuid, u64>,
 }
 
+/// What a snapshot keeps of the schedule table (`ScheduleTable::image`).
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleImage {
+    live: Vec<(Schedule, Option<LastRun>)>,
+    deleted: Vec<(Uuid, u64)>,
+}
+
 /// Every schedule, folded from the stream; one mutex, never held across an await.
 #[derive(Default)]
 pub struct ScheduleTable {
@@ -113,6 +120,46 @@ impl ScheduleTable {
         m.register(&self.metrics.firings);
         m.register(&self.metrics.missed);
         m.register(&self.metrics.schedules);
+    }
+
+    /// The table for a snapshot: every schedule with its last firing, and the deletions.
+    /// What this instance settled is left out: a restarted instance decides again what was
+    /// missed, as after a full replay.
+    pub fn image(&self) -> ScheduleImage {
+        let entries = self.lock();
+        ScheduleImage {
+            live: entries
+                .live
+                .values()
+                .map(|e| (e.schedule.clone(), e.last_run.clone()))
+                .collect(),
+            deleted: entries
+                .deleted
+                .iter()
+                .map(|(id, seq)| (*id, *seq))
+                .collect(),
+        }
+    }
+
+    /// Replaces the table with a snapshot's.
+    pub fn restore(&self, image: ScheduleImage) {
+        let mut entries = self.lock();
+        entries.live = image
+            .live
+            .into_iter()
+            .map(|(schedule, last_run)| {
+                let entry = Entry {
+                    schedule,
+                    last_run,
+                    settled: None,
+                };
+                (entry.schedule.id, entry)
+            })
+            .collect();
+        entries.deleted = image.deleted.into_iter().collect();
+        self.metrics.schedules.set(entries.live.len() as i64);
+        drop(entries);
+        self.changed.notify_one();
     }
 
     /// Folds a schedule event in; one already reflected (appended here) is skipped.

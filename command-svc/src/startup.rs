@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::{Engine, EngineMetrics};
 use crate::store::{EventStore, StoreMetrics};
-use crate::{follower, routes, scheduler, tls};
+use crate::{follower, routes, scheduler, snapshot, tls};
 
 /// What every handler shares, behind one `Arc`: axum clones the state for every request, and
 /// a clone of the NATS client, contexts and KV handles inside allocates (measured: malloc and
@@ -56,6 +56,8 @@ pub struct Application {
     worker_router: axum::Router,
     tls: Arc<rustls::ServerConfig>,
     engine: Arc<Engine>,
+    /// Where the write model's snapshot goes at shutdown, and the stream it is of.
+    snapshot: Option<(std::path::PathBuf, snapshot::StreamId)>,
 }
 
 fn required<'a>(
@@ -84,7 +86,15 @@ impl Application {
         .await
         .context("JOBS_NATS_URL")?;
         let js = common::nats::jetstream(&client);
-        common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
+        let mut stream = common::nats::ensure_stream(&js, config.nats.stream_replicas).await?;
+        let info = stream.info().await.context("reading JOBS_EVENTS")?;
+        let stream_state = snapshot::StreamState {
+            id: snapshot::StreamId {
+                created_unix_nanos: info.created.unix_timestamp_nanos() as i64,
+            },
+            first_seq: info.state.first_sequence,
+            last_seq: info.state.last_sequence,
+        };
         let idempotency = crate::idempotency::bucket(&js, config.nats.stream_replicas).await?;
         let unique = crate::unique::bucket(&js, config.nats.stream_replicas).await?;
         let metrics = Metrics::new();
@@ -102,6 +112,9 @@ impl Application {
             plans,
         );
         engine.schedules.register(&metrics);
+        if let Some(dir) = &config.snapshot_dir {
+            snapshot::restore(&engine, dir, stream_state).await;
+        }
         let state = AppState(Arc::new(Shared {
             store,
             engine: engine.clone(),
@@ -131,6 +144,7 @@ impl Application {
             worker_router,
             tls,
             engine,
+            snapshot: config.snapshot_dir.clone().map(|d| (d, stream_state.id)),
         })
     }
 
@@ -169,6 +183,9 @@ impl Application {
         let served =
             common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
         let _ = tokio::join!(follower, timers, scheduler, workers);
+        if let Some((dir, stream)) = self.snapshot {
+            snapshot::save(self.engine, dir, stream).await;
+        }
         served
     }
 }

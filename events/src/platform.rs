@@ -73,7 +73,7 @@ pub fn concurrency_subject(tenant_id: Uuid, key: &str) -> String {
 }
 
 /// What a pause applies to: a queue or a job type, of one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PauseTarget {
     Queue(String),
     JobType(String),

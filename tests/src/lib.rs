@@ -95,6 +95,7 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         // On in every in-process command-svc of the suite: its default is off (measured,
         // docs/performance.md), and this way every test also runs the batched path.
         group_commit: true,
+        snapshot_dir: None,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
         plans: common::config::PlanArgs { plans_file: None },
@@ -197,9 +198,12 @@ fn worker_port_of(app: &impl WorkerPort) -> u16 {
 }
 
 pub async fn start_command(nats_url: &str, keys: &Keys) -> anyhow::Result<Running> {
-    Ok(run_app!(
-        command_svc::Application::build(command_config(nats_url, keys)).await?
-    ))
+    start_command_with(command_config(nats_url, keys)).await
+}
+
+/// command-svc in-process with a configuration of the test's own (see [`command_config`]).
+pub async fn start_command_with(config: command_svc::Config) -> anyhow::Result<Running> {
+    Ok(run_app!(command_svc::Application::build(config).await?))
 }
 
 pub async fn start_query(nats_url: &str, db_url: &str, keys: &Keys) -> anyhow::Result<Running> {

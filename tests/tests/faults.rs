@@ -618,3 +618,130 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     }
     stop.abort();
 }
+
+/// command-svc's `jobs_snapshot_restored_position` (0: it replayed the whole stream).
+async fn restored_position(http: &reqwest::Client, instance: &tests::Running) -> f64 {
+    let text = http
+        .get(format!("{}/metrics", instance.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    tests::parse_prometheus(&text)["jobs_snapshot_restored_position"]
+}
+
+async fn enqueue_at(app: &TestApp, instance: &tests::Running, body: &Value) -> String {
+    let res = app
+        .http
+        .post(format!("{}/jobs/v1/enqueue", instance.url()))
+        .bearer_auth(&app.token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["data"]["id"].as_str().unwrap().to_string()
+}
+
+fn ids(jobs: &[Value]) -> std::collections::BTreeSet<String> {
+    jobs.iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_was_down() {
+    let app = TestApp::spawn_with(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || command_svc::Config {
+        snapshot_dir: Some(dir.path().to_path_buf()),
+        ..tests::command_config(&app.nats.url(), &app.keys)
+    };
+    let first = tests::start_command_with(config()).await.unwrap();
+    tests::wait_ready(&first).await;
+    assert_eq!(restored_position(&app.http, &first).await, 0.0);
+    let mut pending = std::collections::BTreeSet::new();
+    for n in 0..30 {
+        pending
+            .insert(enqueue_at(&app, &first, &json!({"type": "snap", "payload": {"n": n}})).await);
+    }
+    let worker = tests::Worker::new(
+        first.worker_port,
+        &tests::Tls::get().worker_pem("snap"),
+        "snap",
+    );
+    let leased = worker
+        .lease(&json!({"types": ["snap"], "max_jobs": 5}))
+        .await;
+    assert_eq!(leased.len(), 5);
+    for job in &leased[..2] {
+        assert_eq!(worker.complete(job).await.0, 200);
+    }
+    for id in ids(&leased) {
+        pending.remove(&id);
+    }
+    first.stop().await;
+    let snapshot = dir.path().join(command_svc::snapshot::FILE_NAME);
+    assert!(snapshot.exists(), "a graceful stop writes the snapshot");
+
+    // While it is down, another instance appends: new jobs, and one leased job completes.
+    let other_worker = app.worker("snap");
+    for n in 30..40 {
+        pending.insert(
+            enqueue_at(
+                &app,
+                &app.command,
+                &json!({"type": "snap", "payload": {"n": n}}),
+            )
+            .await,
+        );
+    }
+    assert_eq!(other_worker.complete(&leased[2]).await.0, 200);
+
+    let second = tests::start_command_with(config()).await.unwrap();
+    tests::wait_ready(&second).await;
+    let position = restored_position(&app.http, &second).await;
+    assert!(position > 0.0, "it started from the snapshot");
+    let worker = tests::Worker::new(
+        second.worker_port,
+        &tests::Tls::get().worker_pem("snap"),
+        "snap",
+    );
+    // Exactly the jobs still pending: none lost, none finished or leased twice.
+    let again = worker
+        .lease(&json!({"types": ["snap"], "max_jobs": 100}))
+        .await;
+    assert_eq!(ids(&again), pending);
+    // The leases it held before are still held, the one completed while it was down is gone.
+    for job in &leased[3..] {
+        let (status, body) = worker.heartbeat(job, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = worker.heartbeat(&leased[2], json!({})).await;
+    assert_eq!(status, 409, "{body}");
+
+    // A torn snapshot is not used: the whole stream is replayed, to the same state.
+    second.stop().await;
+    let whole = std::fs::read(&snapshot).unwrap();
+    std::fs::write(&snapshot, &whole[..whole.len() / 2]).unwrap();
+    let third = tests::start_command_with(config()).await.unwrap();
+    tests::wait_ready(&third).await;
+    assert_eq!(restored_position(&app.http, &third).await, 0.0);
+    let worker = tests::Worker::new(
+        third.worker_port,
+        &tests::Tls::get().worker_pem("snap"),
+        "snap",
+    );
+    assert!(worker
+        .lease(&json!({"types": ["snap"], "max_jobs": 100}))
+        .await
+        .is_empty());
+    for job in again.iter().chain(&leased[3..]) {
+        let (status, body) = worker.heartbeat(job, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    third.stop().await;
+}

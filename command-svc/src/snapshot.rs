@@ -1,0 +1,371 @@
+//! The write model's snapshot: written at graceful shutdown, read at start, so that a restart
+//! folds only the events after it instead of replaying the whole stream.
+//!
+//! A snapshot is a cache, never the truth. It records the last stream sequence the model
+//! reflects (its position) and the stream's identity (its creation time), and it is used only
+//! when that stream is still there with every event after the position; otherwise, or when the
+//! file is unreadable, torn or from another format, the instance replays the whole stream as
+//! it would without one. The model it restores is the one a replay up to the position builds
+//! (`model::tests` checks this against a full replay), and the follower then folds the rest.
+//!
+//! The file (`write-model.snapshot` in `JOBS_SNAPSHOT_DIR`): `MAGIC`, the format (u32 LE), the
+//! header's length (u64 LE) and the header as MessagePack, then the jobs in chunks (each: its
+//! length as u64 LE, then its jobs as MessagePack maps), and `MAGIC` again. The chunks are
+//! encoded and decoded on every core. It is written to a temporary file, synced and renamed, so
+//! a crash while writing leaves the previous snapshot (or none).
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, ensure, Context};
+use chrono::{DateTime, Utc};
+use events::{Job, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::model::{Image, WriteModel};
+use crate::scheduler::ScheduleImage;
+
+/// The snapshot's file name inside its directory.
+pub const FILE_NAME: &str = "write-model.snapshot";
+const MAGIC: &[u8; 8] = b"JOBSSNAP";
+/// The file's layout and what `WriteModel::restore` expects of it. Bump it whenever either
+/// changes, or the fold of events changes what a model holds: an instance ignores a snapshot
+/// of another format and replays the stream.
+const FORMAT: u32 = 1;
+/// Jobs per chunk: the unit of parallel encoding and decoding.
+const CHUNK: usize = 8192;
+/// A header larger than this is not one of ours.
+const MAX_HEADER: u64 = 1 << 30;
+
+/// Which stream a snapshot was taken from: its creation time, in nanoseconds since the epoch.
+/// A stream deleted and created again under the same name has another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamId {
+    pub created_unix_nanos: i64,
+}
+
+/// What the stream holds now, to check a snapshot against.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamState {
+    pub id: StreamId,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    schema_version: u32,
+    stream: StreamId,
+    /// The last stream sequence the model reflects.
+    position: u64,
+    written_at: DateTime<Utc>,
+    jobs: u64,
+    chunks: u64,
+    model: Image,
+    schedules: ScheduleImage,
+}
+
+/// A snapshot read back: the model restored, ready to follow the stream after `position`.
+pub struct Restored {
+    pub position: u64,
+    pub model: WriteModel,
+    pub schedules: ScheduleImage,
+    pub jobs: usize,
+    pub written_at: DateTime<Utc>,
+}
+
+/// At start, before the follower: restores the engine from the snapshot in `dir` when there
+/// is one that fits `stream`. Otherwise the follower replays the whole stream.
+pub async fn restore(engine: &Engine, dir: &Path, stream: StreamState) {
+    let started = std::time::Instant::now();
+    let dir = dir.to_path_buf();
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || read(&dir, stream, common::now())).await {
+        Ok(Ok(Some(r))) => {
+            engine.schedules.restore(r.schedules);
+            engine.install(r.model, r.position);
+            engine.metrics.snapshot_position.set(r.position as i64);
+            tracing::info!(
+                position = r.position,
+                stream_last = stream.last_seq,
+                jobs = r.jobs,
+                written_at = %r.written_at,
+                seconds = started.elapsed().as_secs_f64(),
+                "write model restored from its snapshot; following the stream after it"
+            );
+        }
+        Ok(Ok(None)) => tracing::info!(dir = shown, "no snapshot yet: replaying the whole stream"),
+        Ok(Err(e)) => tracing::warn!(
+            dir = shown,
+            error = format!("{e:#}"),
+            "the snapshot is not used: replaying the whole stream"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the snapshot failed: replaying the whole stream")
+        }
+    }
+}
+
+/// At graceful shutdown, once the follower has stopped: writes the model to `dir`.
+pub async fn save(engine: Arc<Engine>, dir: PathBuf, stream: StreamId) {
+    let started = std::time::Instant::now();
+    let written = tokio::task::spawn_blocking(move || {
+        let position = *engine.position.borrow();
+        let schedules = engine.schedules.image();
+        let model = engine.model();
+        write(&dir, stream, position, &model, schedules)
+            .map(|size| (position, model.live_jobs(), size))
+    })
+    .await;
+    match written {
+        Ok(Ok((position, jobs, bytes))) => tracing::info!(
+            position,
+            jobs,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "write model snapshot written"
+        ),
+        Ok(Err(e)) => tracing::error!(
+            error = format!("{e:#}"),
+            "writing the snapshot failed: the next start replays from the previous one, or the whole stream"
+        ),
+        Err(e) => tracing::error!(error = %e, "writing the snapshot failed"),
+    }
+}
+
+pub fn path_in(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Writes the model (at `position`, taken from `stream`) and the schedule table to `dir`,
+/// replacing the snapshot there. Returns the file's size.
+pub fn write(
+    dir: &Path,
+    stream: StreamId,
+    position: u64,
+    model: &WriteModel,
+    schedules: ScheduleImage,
+) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let jobs: Vec<&Job> = model.jobs().collect();
+    let chunks: Vec<&[&Job]> = jobs.chunks(CHUNK).collect();
+    let header = Header {
+        schema_version: SCHEMA_VERSION,
+        stream,
+        position,
+        written_at: common::now(),
+        jobs: jobs.len() as u64,
+        chunks: chunks.len() as u64,
+        model: model.image(),
+        schedules,
+    };
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MAGIC)?;
+    out.write_all(&FORMAT.to_le_bytes())?;
+    let head = rmp_serde::to_vec_named(&header).context("encoding the header")?;
+    out.write_all(&(head.len() as u64).to_le_bytes())?;
+    out.write_all(&head)?;
+    // A few chunks per core at a time: encoded in parallel, written in order, so the whole
+    // encoded model is never in memory at once.
+    let cores = cores();
+    for group in chunks.chunks(cores * 4) {
+        let encoded = parallel(group, cores, |chunk: &&[&Job]| {
+            let mut buf = Vec::with_capacity(chunk.len() * 768);
+            for job in chunk.iter() {
+                rmp_serde::encode::write_named(&mut buf, job)?;
+            }
+            Ok::<_, rmp_serde::encode::Error>(buf)
+        });
+        for buf in encoded {
+            let buf = buf.context("encoding jobs")?;
+            out.write_all(&(buf.len() as u64).to_le_bytes())?;
+            out.write_all(&buf)?;
+        }
+    }
+    out.write_all(MAGIC)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all().context("syncing the snapshot")?;
+    let size = file.metadata()?.len();
+    drop(file);
+    let path = path_in(dir);
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(size)
+}
+
+/// Reads the snapshot in `dir` if it fits `stream`: the same stream, which still holds every
+/// event after the snapshot's position. `Ok(None)`: there is none. An error says why one was
+/// not used (the caller replays the whole stream).
+pub fn read(
+    dir: &Path,
+    stream: StreamState,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Restored>> {
+    let path = path_in(dir);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).context("reading the magic")?;
+    ensure!(&magic == MAGIC, "not a write-model snapshot");
+    let format = u32::from_le_bytes(read_array(&mut input)?);
+    ensure!(
+        format == FORMAT,
+        "format {format}, this build reads {FORMAT}"
+    );
+    let header: Header = rmp_serde::from_slice(&read_frame(&mut input, MAX_HEADER)?)
+        .context("decoding the header")?;
+    check(&header, stream)?;
+    // One thread reads the chunks in order, every core decodes them, and this thread places
+    // the jobs as they come.
+    let cores = cores();
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(cores * 2);
+    // Shared by the decoders alone: when the last one stops, the reader's sends fail.
+    let raw_rx = Arc::new(Mutex::new(raw_rx));
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<Job>>>(cores * 2);
+    let chunks = header.chunks;
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> anyhow::Result<()> {
+            for _ in 0..chunks {
+                let chunk = read_frame(&mut input, u64::MAX)?;
+                if raw_tx.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            let mut end = [0u8; 8];
+            input.read_exact(&mut end).context("reading the end mark")?;
+            ensure!(&end == MAGIC, "no end mark: the file is torn");
+            Ok(())
+        });
+        for _ in 0..cores {
+            let (raw_rx, jobs_tx) = (raw_rx.clone(), jobs_tx.clone());
+            scope.spawn(move || loop {
+                let next = raw_rx.lock().expect("never poisoned").recv();
+                let Ok(chunk) = next else { return };
+                if jobs_tx.send(decode_chunk(&chunk)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop((jobs_tx, raw_rx));
+        let mut count = 0usize;
+        let mut failed = None;
+        let jobs = jobs_rx.iter().map_while(|r| match r {
+            Ok(jobs) => Some(jobs),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        let jobs = jobs.flatten().inspect(|_| count += 1);
+        let model = WriteModel::restore(header.model, header.jobs as usize, jobs, now);
+        // If the jobs stopped early, this ends the decoders, and with them the reader.
+        drop(jobs_rx);
+        let read = reader.join().expect("the snapshot reader does not panic");
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        read?;
+        ensure!(
+            count as u64 == header.jobs,
+            "{count} jobs read of {}: the file is torn",
+            header.jobs
+        );
+        Ok(Some(Restored {
+            position: header.position,
+            model,
+            schedules: header.schedules,
+            jobs: count,
+            written_at: header.written_at,
+        }))
+    })
+}
+
+/// Whether a snapshot with `header` may stand for the first `position` events of `stream`.
+fn check(header: &Header, stream: StreamState) -> anyhow::Result<()> {
+    ensure!(
+        header.schema_version == SCHEMA_VERSION,
+        "written for event schema {}, this build is {SCHEMA_VERSION}",
+        header.schema_version
+    );
+    ensure!(
+        header.stream == stream.id,
+        "taken from another stream of the same name (created at {} ns, this one at {} ns)",
+        header.stream.created_unix_nanos,
+        stream.id.created_unix_nanos
+    );
+    if header.position > stream.last_seq {
+        bail!(
+            "taken at sequence {}, beyond the stream's last ({})",
+            header.position,
+            stream.last_seq
+        );
+    }
+    if stream.first_seq > header.position + 1 {
+        bail!(
+            "the stream no longer holds the events after sequence {} (its first is {})",
+            header.position,
+            stream.first_seq
+        );
+    }
+    Ok(())
+}
+
+fn decode_chunk(mut bytes: &[u8]) -> anyhow::Result<Vec<Job>> {
+    let mut jobs = Vec::with_capacity(CHUNK);
+    while !bytes.is_empty() {
+        jobs.push(rmp_serde::from_read(&mut bytes).context("decoding a job")?);
+    }
+    Ok(jobs)
+}
+
+fn read_array<const N: usize>(input: &mut impl Read) -> anyhow::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    input.read_exact(&mut buf).context("the file is torn")?;
+    Ok(buf)
+}
+
+/// A length (u64 LE) and that many bytes.
+fn read_frame(input: &mut impl Read, max: u64) -> anyhow::Result<Vec<u8>> {
+    let len = u64::from_le_bytes(read_array(input)?);
+    ensure!(len <= max, "a frame of {len} bytes: not one of ours");
+    let mut buf = Vec::new();
+    let read = input
+        .take(len)
+        .read_to_end(&mut buf)
+        .context("reading a frame")?;
+    ensure!(read as u64 == len, "the file is torn");
+    Ok(buf)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `f` over `items` on up to `threads` threads; results in the items' order.
+fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let per = items.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|part| scope.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("an encoder does not panic"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests;
