@@ -598,9 +598,14 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
             f.insert("command_rss_bytes".into(), json!(after));
         }
         if args.restart {
+            let timed = restart(stack, http).await?;
             f.insert(
                 "restart_to_ready_s".into(),
-                json!(restart(stack, http).await?.map(r3)),
+                json!(timed.map(|(_, ready)| r3(ready))),
+            );
+            f.insert(
+                "restart_stop_s".into(),
+                json!(timed.map(|(stop, _)| r3(stop))),
             );
         }
     }
@@ -1038,15 +1043,16 @@ async fn queries(ctx: &Arc<Ctx>, seconds: f64) -> anyhow::Result<(Option<f64>, O
     Ok((list_lat.pct_ms(0.99), get_lat.pct_ms(0.99)))
 }
 
-/// Restarts command-svc with the stack's RESTART_COMMAND and times it from the command's
-/// return (old process gone, new one started) to `/readyz` answering 200. None when the
-/// stack does not say how.
-async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option<f64>> {
+/// Restarts command-svc with the stack's RESTART_COMMAND. Returns how long the command took
+/// (the old process's graceful stop, which writes its snapshot, and the new one's start), and
+/// the time from its return to `/readyz` answering 200. None when the stack does not say how.
+async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option<(f64, f64)>> {
     let (Some(cmd), Some(ready)) = (&stack.restart_command, &stack.command_ready) else {
         eprintln!("bench: --restart: the stack has no RESTART_COMMAND/COMMAND_READY");
         return Ok(None);
     };
     eprintln!("bench: restarting command-svc");
+    let stopping = Instant::now();
     let status = tokio::process::Command::new("sh")
         .args(["-c", cmd])
         .status()
@@ -1055,6 +1061,7 @@ async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option
     if !status.success() {
         bail!("the restart command failed: {status}");
     }
+    let stopped = stopping.elapsed().as_secs_f64();
     let start = Instant::now();
     loop {
         let ok = http
@@ -1064,7 +1071,7 @@ async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option
             .await
             .is_ok_and(|r| r.status().is_success());
         if ok {
-            return Ok(Some(start.elapsed().as_secs_f64()));
+            return Ok(Some((stopped, start.elapsed().as_secs_f64())));
         }
         if start.elapsed() > Duration::from_secs(600) {
             bail!("command-svc was not ready 600 s after its restart");

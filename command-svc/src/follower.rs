@@ -42,7 +42,7 @@ pub async fn follow(engine: Arc<Engine>, stop: CancellationToken) {
     }
 }
 
-async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Result<()> {
+async fn follow_once(engine: &Arc<Engine>, stop: &CancellationToken) -> anyhow::Result<()> {
     let start = *engine.position.borrow() + 1;
     let stream = engine
         .js
@@ -65,7 +65,7 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
     // Decoding (JSON) runs in a task of its own, beside the folding: a replay after a restart
     // uses both cores instead of one.
     let (tx, mut decoded) = tokio::sync::mpsc::channel(DECODED_AHEAD);
-    let _decoder = AbortOnDropHandle::new(tokio::spawn(decode(messages, tx)));
+    let _decoder = AbortOnDropHandle::new(tokio::spawn(decode(engine.clone(), messages, tx)));
     loop {
         let next = tokio::select! {
             m = decoded.recv() => m,
@@ -104,7 +104,7 @@ async fn follow_once(engine: &Engine, stop: &CancellationToken) -> anyhow::Resul
             Item::Schedule { subject, payload } => {
                 crate::scheduler::fold_message(engine, &subject, seq, &payload)?
             }
-            Item::Other => {}
+            Item::Reflected | Item::Other => {}
         }
         engine.position.send_if_modified(|p| {
             let moved = seq > *p;
@@ -129,6 +129,9 @@ struct Decoded {
 }
 
 enum Item {
+    /// A job event the model already reflects (the echo of this instance's own append): not
+    /// decoded at all.
+    Reflected,
     /// Boxed: an envelope is large beside the other variants.
     Job(Result<Box<Envelope>, DecodeError>),
     Platform(Result<PlatformEnvelope, DecodeError>),
@@ -141,8 +144,12 @@ enum Item {
 }
 
 /// Decodes the consumer's messages in order and hands them on, until the stream fails or the
-/// receiver is gone.
+/// receiver is gone. A job event the model already reflects is not decoded: under load most
+/// of what the follower reads is the echo of this instance's own appends, folded already. The
+/// model's sequence per job only grows, so an event reflected now is still reflected when the
+/// fold comes to it.
 async fn decode(
+    engine: Arc<Engine>,
     mut messages: pull::Ordered,
     out: tokio::sync::mpsc::Sender<anyhow::Result<Decoded>>,
 ) {
@@ -152,8 +159,12 @@ async fn decode(
                 .info()
                 .map_err(|e| anyhow::anyhow!("message info: {e}"))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            let item = if parse_job_subject(&msg.subject).is_some() {
-                Item::Job(Envelope::from_json(&msg.payload).map(Box::new))
+            let item = if let Some((_, job)) = parse_job_subject(&msg.subject) {
+                if engine.model().reflects(&job, seq) {
+                    Item::Reflected
+                } else {
+                    Item::Job(Envelope::from_json(&msg.payload).map(Box::new))
+                }
             } else if msg.subject.starts_with("jobs.tenants.")
                 || msg.subject.starts_with("jobs.workers.")
             {

@@ -1,6 +1,7 @@
 //! command-svc: the write side. It authenticates and authorizes callers, checks their input,
 //! runs `events::decide` and appends the resulting events to JetStream with optimistic
-//! concurrency on the job's subject. It stores nothing itself: the stream is the truth.
+//! concurrency on the job's subject. The stream is the truth: the only thing it writes itself is
+//! a snapshot of its write model (`snapshot`), a cache a restart may start from.
 
 pub mod config;
 pub mod engine;

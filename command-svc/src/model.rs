@@ -317,6 +317,16 @@ impl WriteModel {
         self.paused.get(tenant).is_some_and(|s| s.contains(target))
     }
 
+    /// Whether the model already reflects the job's event at `seq` (an echo of this instance's
+    /// own append, or a finished job's): folding it would change nothing.
+    pub fn reflects(&self, id: &Uuid, seq: u64) -> bool {
+        self.jobs
+            .get(id)
+            .map(|j| j.last_event_seq)
+            .or_else(|| self.finished.get(id).copied())
+            .is_some_and(|last| last >= seq)
+    }
+
     pub fn job(&self, id: &Uuid) -> Option<&Job> {
         self.jobs.get(id)
     }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context};
 use chrono::{DateTime, Utc};
+use events::stream::STREAM_NAME;
 use events::{Job, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +106,41 @@ pub async fn restore(engine: &Engine, dir: &Path, stream: StreamState) {
         Err(e) => {
             tracing::error!(error = %e, "reading the snapshot failed: replaying the whole stream")
         }
+    }
+}
+
+/// How long a stopping instance waits for its follower to reach the stream's end before it
+/// writes the snapshot anyway (from wherever the follower is: the next start replays the rest).
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// At graceful shutdown, once nothing appends here any more: waits (at most [`CATCH_UP`]) for
+/// the follower to fold what the stream holds, so that the snapshot's position is the stream's
+/// end and the next start has (almost) nothing to replay. Under load the follower can be far
+/// behind: most of what it reads is the echo of this instance's own appends.
+pub async fn catch_up(engine: &Engine) {
+    let started = std::time::Instant::now();
+    let last = async {
+        let mut stream = engine.js.get_stream(STREAM_NAME).await.ok()?;
+        Some(stream.info().await.ok()?.state.last_sequence)
+    };
+    let Ok(Some(last)) = tokio::time::timeout(std::time::Duration::from_secs(5), last).await else {
+        tracing::warn!("the stream's end is unknown: the snapshot is taken where the follower is");
+        return;
+    };
+    let mut position = engine.position.subscribe();
+    let reached = tokio::time::timeout(CATCH_UP, position.wait_for(|p| *p >= last)).await;
+    let at = *engine.position.borrow();
+    match reached {
+        Ok(Ok(_)) => tracing::info!(
+            position = at,
+            seconds = started.elapsed().as_secs_f64(),
+            "the follower reached the stream's end before the snapshot"
+        ),
+        _ => tracing::warn!(
+            position = at,
+            stream_last = last,
+            "the follower did not reach the stream's end in time: the snapshot is taken where it is"
+        ),
     }
 }
 

@@ -164,7 +164,10 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let stop = CancellationToken::new();
-        let follower = tokio::spawn(follower::follow(self.engine.clone(), stop.clone()));
+        // The follower stops last: with a snapshot to write, only once it has folded what the
+        // stream holds when everything else has stopped.
+        let follower_stop = CancellationToken::new();
+        let follower = tokio::spawn(follower::follow(self.engine.clone(), follower_stop.clone()));
         let timers = tokio::spawn(follower::run_timers(self.engine.clone(), stop.clone()));
         let scheduler = tokio::spawn(scheduler::run(self.engine.clone(), stop.clone()));
         let workers = {
@@ -182,7 +185,12 @@ impl Application {
         );
         let served =
             common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
-        let _ = tokio::join!(follower, timers, scheduler, workers);
+        let _ = tokio::join!(timers, scheduler, workers);
+        if self.snapshot.is_some() {
+            snapshot::catch_up(&self.engine).await;
+        }
+        follower_stop.cancel();
+        let _ = follower.await;
         if let Some((dir, stream)) = self.snapshot {
             snapshot::save(self.engine, dir, stream).await;
         }

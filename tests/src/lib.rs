@@ -522,6 +522,19 @@ pub async fn all_events(nats_url: &str) -> Vec<events::Recorded> {
     out
 }
 
+/// `{base}/metrics`, parsed (see [`parse_prometheus`]).
+pub async fn scrape(http: &reqwest::Client, base: &str) -> std::collections::HashMap<String, f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics sent")
+        .text()
+        .await
+        .expect("metrics read");
+    parse_prometheus(&text)
+}
+
 /// Prometheus text parsed into (series with labels, value); panics on a malformed line.
 pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();

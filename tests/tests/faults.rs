@@ -621,15 +621,7 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
 
 /// command-svc's `jobs_snapshot_restored_position` (0: it replayed the whole stream).
 async fn restored_position(http: &reqwest::Client, instance: &tests::Running) -> f64 {
-    let text = http
-        .get(format!("{}/metrics", instance.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    tests::parse_prometheus(&text)["jobs_snapshot_restored_position"]
+    tests::scrape(http, &instance.url()).await["jobs_snapshot_restored_position"]
 }
 
 async fn enqueue_at(app: &TestApp, instance: &tests::Running, body: &Value) -> String {
@@ -644,6 +636,14 @@ async fn enqueue_at(app: &TestApp, instance: &tests::Running, body: &Value) -> S
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.unwrap();
     body["data"]["id"].as_str().unwrap().to_string()
+}
+
+fn snap_worker(instance: &tests::Running) -> tests::Worker {
+    tests::Worker::new(
+        instance.worker_port,
+        &tests::Tls::get().worker_pem("snap"),
+        "snap",
+    )
 }
 
 fn ids(jobs: &[Value]) -> std::collections::BTreeSet<String> {
@@ -668,11 +668,7 @@ async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_
         pending
             .insert(enqueue_at(&app, &first, &json!({"type": "snap", "payload": {"n": n}})).await);
     }
-    let worker = tests::Worker::new(
-        first.worker_port,
-        &tests::Tls::get().worker_pem("snap"),
-        "snap",
-    );
+    let worker = snap_worker(&first);
     let leased = worker
         .lease(&json!({"types": ["snap"], "max_jobs": 5}))
         .await;
@@ -705,11 +701,7 @@ async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_
     tests::wait_ready(&second).await;
     let position = restored_position(&app.http, &second).await;
     assert!(position > 0.0, "it started from the snapshot");
-    let worker = tests::Worker::new(
-        second.worker_port,
-        &tests::Tls::get().worker_pem("snap"),
-        "snap",
-    );
+    let worker = snap_worker(&second);
     // Exactly the jobs still pending: none lost, none finished or leased twice.
     let again = worker
         .lease(&json!({"types": ["snap"], "max_jobs": 100}))
@@ -730,11 +722,7 @@ async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_
     let third = tests::start_command_with(config()).await.unwrap();
     tests::wait_ready(&third).await;
     assert_eq!(restored_position(&app.http, &third).await, 0.0);
-    let worker = tests::Worker::new(
-        third.worker_port,
-        &tests::Tls::get().worker_pem("snap"),
-        "snap",
-    );
+    let worker = snap_worker(&third);
     assert!(worker
         .lease(&json!({"types": ["snap"], "max_jobs": 100}))
         .await

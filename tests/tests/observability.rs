@@ -5,19 +5,10 @@ use std::collections::HashMap;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tests::{all_events, email_job, parse_prometheus, TestApp};
+use tests::{all_events, email_job, TestApp};
 
 async fn scrape(app: &TestApp, base: &str) -> HashMap<String, f64> {
-    let text = app
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_prometheus(&text)
+    tests::scrape(&app.http, base).await
 }
 
 #[tokio::test]

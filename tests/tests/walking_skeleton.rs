@@ -367,12 +367,19 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
         })
     };
 
-    for order in ["desc", "asc"] {
+    // Unfiltered, and in one status (every job here is pending): the status list states its
+    // position over the status index's columns, the plain list over (created_at, id).
+    for (order, filter) in [
+        ("desc", ""),
+        ("asc", ""),
+        ("desc", "&status=pending"),
+        ("asc", "&status=pending"),
+    ] {
         let mut seen = HashSet::new();
         let mut cursor: Option<String> = None;
         let mut pages = 0;
         loop {
-            let mut path = format!("/jobs/v1/jobs?limit=20&order={order}");
+            let mut path = format!("/jobs/v1/jobs?limit=20&order={order}{filter}");
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
@@ -398,7 +405,7 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
                 );
             }
             assert!(pages < 1000, "pagination does not end");
-            if pages == 3 && order == "desc" {
+            if pages == 3 && order == "desc" && filter.is_empty() {
                 // A tampered cursor and a cursor used with other filters are refused.
                 let c = cursor.clone().unwrap();
                 let mut t = c.clone().into_bytes();
@@ -418,7 +425,7 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
         let missing: Vec<_> = existing.difference(&seen).collect();
         assert!(
             missing.is_empty(),
-            "{order}: {} pre-existing jobs never listed",
+            "{order}{filter}: {} pre-existing jobs never listed",
             missing.len()
         );
     }

@@ -203,6 +203,7 @@ async fn list(
     // One branch: the tenant's jobs in one status condition, with every other filter, in the
     // order of the (tenant_id, status, created_at, id) index, at most a page.
     let branch = |qb: &mut QueryBuilder<Postgres>,
+                  status: Option<&'static str>,
                   condition: &dyn Fn(&mut QueryBuilder<Postgres>)| {
         qb.push("SELECT doc, status, run_at, created_at, id FROM jobs WHERE tenant_id = ");
         qb.push_bind(user.tenant_id());
@@ -222,13 +223,32 @@ async fn list(
         if let Some(t) = q.created_before {
             qb.push(" AND created_at < ").push_bind(t);
         }
-        if let Some((c, i)) = after {
-            qb.push(if desc {
-                " AND (created_at, id) < ("
-            } else {
-                " AND (created_at, id) > ("
-            });
-            qb.push_bind(c).push(", ").push_bind(i).push(")");
+        let before = if desc { " < (" } else { " > (" };
+        match (status, after) {
+            // In one status, the position (with or without a cursor) is stated over
+            // (status, created_at, id): an index condition of the status index only. Without
+            // it the planner may walk the (tenant_id, created_at) index and filter by status,
+            // which it prices the same when most of the table is in that status; behind 23 k
+            // newer jobs in other states that took 27 ms instead of 2 (docs/performance.md).
+            (Some(st), _) => {
+                qb.push(" AND (status, created_at, id)").push(before);
+                qb.push_bind(st).push(", ");
+                match after {
+                    Some((c, i)) => qb.push_bind(c).push(", ").push_bind(i),
+                    None if desc => qb.push(
+                        "'infinity'::timestamptz, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid",
+                    ),
+                    None => qb.push(
+                        "'-infinity'::timestamptz, '00000000-0000-0000-0000-000000000000'::uuid",
+                    ),
+                };
+                qb.push(")");
+            }
+            (None, Some((c, i))) => {
+                qb.push(" AND (created_at, id)").push(before);
+                qb.push_bind(c).push(", ").push_bind(i).push(")");
+            }
+            (None, None) => {}
         }
         qb.push(order);
         qb.push(" LIMIT ").push_bind(limit + 1);
@@ -240,11 +260,11 @@ async fn list(
         // 59k newer completed jobs as one OR, 0.16 ms as two branches).
         Some(Status::Pending) => {
             qb.push("SELECT doc, status, run_at, created_at, id FROM ((");
-            branch(&mut qb, &|qb| {
+            branch(&mut qb, Some("pending"), &|qb| {
                 qb.push(" AND status = 'pending'");
             });
             qb.push(") UNION ALL (");
-            branch(&mut qb, &|qb| {
+            branch(&mut qb, Some("scheduled"), &|qb| {
                 qb.push(" AND status = 'scheduled' AND run_at <= ")
                     .push_bind(now);
             });
@@ -252,14 +272,14 @@ async fn list(
             qb.push(order);
             qb.push(" LIMIT ").push_bind(limit + 1);
         }
-        Some(Status::Scheduled) => branch(&mut qb, &|qb| {
+        Some(Status::Scheduled) => branch(&mut qb, Some("scheduled"), &|qb| {
             qb.push(" AND status = 'scheduled' AND run_at > ")
                 .push_bind(now);
         }),
-        Some(other) => branch(&mut qb, &|qb| {
+        Some(other) => branch(&mut qb, Some(other.as_str()), &|qb| {
             qb.push(" AND status = ").push_bind(other.as_str());
         }),
-        None => branch(&mut qb, &|_| {}),
+        None => branch(&mut qb, None, &|_| {}),
     }
     let rows = qb.build().fetch_all(&s.pool).await.map_err(db_error)?;
 
