@@ -32,6 +32,7 @@ pub struct EngineMetrics {
     pub lease_wait: HistogramVec,
     pub lease_expiries: IntCounter,
     pub snapshot_position: IntGauge,
+    pub snapshot_written_position: IntGauge,
 }
 
 impl EngineMetrics {
@@ -64,11 +65,18 @@ impl EngineMetrics {
                  replayed the whole stream).",
             )
             .expect("valid"),
+            snapshot_written_position: IntGauge::new(
+                "jobs_snapshot_written_position",
+                "Stream sequence of the last periodic write-model snapshot this instance wrote \
+                 (0: none yet).",
+            )
+            .expect("valid"),
         };
         m.register(&s.ready_depth);
         m.register(&s.lease_wait);
         m.register(&s.lease_expiries);
         m.register(&s.snapshot_position);
+        m.register(&s.snapshot_written_position);
         s
     }
 }

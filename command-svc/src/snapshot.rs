@@ -24,6 +24,8 @@ use events::stream::STREAM_NAME;
 use events::{Job, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::engine::Engine;
 use crate::model::{Image, WriteModel};
 use crate::scheduler::ScheduleImage;
@@ -62,8 +64,8 @@ struct Header {
     /// The last stream sequence the model reflects.
     position: u64,
     written_at: DateTime<Utc>,
-    jobs: u64,
-    chunks: u64,
+    /// How many jobs the model held when the writing began (the count is at the end).
+    jobs_hint: u64,
     model: Image,
     schedules: ScheduleImage,
 }
@@ -144,6 +146,52 @@ pub async fn catch_up(engine: &Engine) {
     }
 }
 
+/// While the instance runs: a snapshot every `every`, once the follower has caught up and
+/// when the stream has moved since the last one, so that after a crash a start replays at most
+/// about that long's events. Returns when `stop` is cancelled, never in the middle of a write.
+pub async fn run_periodic(
+    engine: Arc<Engine>,
+    dir: PathBuf,
+    stream: StreamId,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let position = *engine.position.borrow();
+        if !engine.is_caught_up() || last == Some(position) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let (e, d) = (engine.clone(), dir.clone());
+        match tokio::task::spawn_blocking(move || write_live(&d, stream, &e)).await {
+            Ok(Ok((position, jobs, bytes))) => {
+                last = Some(position);
+                engine
+                    .metrics
+                    .snapshot_written_position
+                    .set(position as i64);
+                tracing::info!(
+                    position,
+                    jobs,
+                    bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "periodic write model snapshot written"
+                );
+            }
+            Ok(Err(e)) => tracing::warn!(
+                error = format!("{e:#}"),
+                "writing the periodic snapshot failed; the previous one stays"
+            ),
+            Err(e) => tracing::warn!(error = %e, "writing the periodic snapshot failed"),
+        }
+    }
+}
+
 /// At graceful shutdown, once the follower has stopped: writes the model to `dir`.
 pub async fn save(engine: Arc<Engine>, dir: PathBuf, stream: StreamId) {
     let started = std::time::Instant::now();
@@ -161,7 +209,7 @@ pub async fn save(engine: Arc<Engine>, dir: PathBuf, stream: StreamId) {
             jobs,
             bytes,
             seconds = started.elapsed().as_secs_f64(),
-            "write model snapshot written"
+            "write model snapshot written at shutdown"
         ),
         Ok(Err(e)) => tracing::error!(
             error = format!("{e:#}"),
@@ -184,56 +232,142 @@ pub fn write(
     model: &WriteModel,
     schedules: ScheduleImage,
 ) -> anyhow::Result<u64> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let jobs: Vec<&Job> = model.jobs().collect();
+    let mut out = Writer::create(dir, stream, position, jobs.len(), model.image(), schedules)?;
     let chunks: Vec<&[&Job]> = jobs.chunks(CHUNK).collect();
-    let header = Header {
-        schema_version: SCHEMA_VERSION,
-        stream,
-        position,
-        written_at: common::now(),
-        jobs: jobs.len() as u64,
-        chunks: chunks.len() as u64,
-        model: model.image(),
-        schedules,
+    for group in chunks.chunks(cores() * 4) {
+        out.chunks(group)?;
+    }
+    out.finish().map(|(_, size)| size)
+}
+
+/// Writes a snapshot while the instance runs: the jobs are copied a chunk at a time, each
+/// under the model's lock for one chunk only, so leases and appends go on meanwhile.
+///
+/// Such a snapshot is not the model at one instant, and it need not be: its position is taken
+/// first, and every job with an event at or before it is in the model from then on (or has
+/// finished). Each job copied reflects its events up to some later sequence, which the fold
+/// skips on replay (it folds only events after a job's last sequence); a job that finished
+/// before it was copied is simply absent, and its later events fold into nothing. The same
+/// holds for the tenant and worker state: each of its events sets a value, so folding it
+/// again gives the same. Returns (position, jobs, bytes).
+pub fn write_live(
+    dir: &Path,
+    stream: StreamId,
+    engine: &Engine,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let position = *engine.position.borrow();
+    let (image, ids) = {
+        let model = engine.model();
+        (
+            model.image(),
+            model.jobs().map(|j| j.id).collect::<Vec<_>>(),
+        )
     };
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(MAGIC)?;
-    out.write_all(&FORMAT.to_le_bytes())?;
-    let head = rmp_serde::to_vec_named(&header).context("encoding the header")?;
-    out.write_all(&(head.len() as u64).to_le_bytes())?;
-    out.write_all(&head)?;
-    // A few chunks per core at a time: encoded in parallel, written in order, so the whole
-    // encoded model is never in memory at once.
+    let schedules = engine.schedules.image();
+    let mut out = Writer::create(dir, stream, position, ids.len(), image, schedules)?;
     let cores = cores();
-    for group in chunks.chunks(cores * 4) {
-        let encoded = parallel(group, cores, |chunk: &&[&Job]| {
+    for group in ids.chunks(CHUNK * cores) {
+        let copies: Vec<Vec<Job>> = group
+            .chunks(CHUNK)
+            .map(|part| {
+                let model = engine.model();
+                part.iter()
+                    .filter_map(|id| model.job(id).cloned())
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<Vec<&Job>> = copies.iter().map(|c| c.iter().collect()).collect();
+        let slices: Vec<&[&Job]> = refs.iter().map(|r| r.as_slice()).collect();
+        out.chunks(&slices)?;
+    }
+    let (jobs, size) = out.finish()?;
+    Ok((position, jobs, size))
+}
+
+/// A snapshot being written: to a temporary file, renamed over the old one when finished.
+struct Writer {
+    dir: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<std::fs::File>,
+    jobs: u64,
+}
+
+impl Writer {
+    fn create(
+        dir: &Path,
+        stream: StreamId,
+        position: u64,
+        jobs_hint: usize,
+        model: Image,
+        schedules: ScheduleImage,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let header = Header {
+            schema_version: SCHEMA_VERSION,
+            stream,
+            position,
+            written_at: common::now(),
+            jobs_hint: jobs_hint as u64,
+            model,
+            schedules,
+        };
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MAGIC)?;
+        out.write_all(&FORMAT.to_le_bytes())?;
+        let head = rmp_serde::to_vec_named(&header).context("encoding the header")?;
+        out.write_all(&(head.len() as u64).to_le_bytes())?;
+        out.write_all(&head)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tmp,
+            out,
+            jobs: 0,
+        })
+    }
+
+    /// Encodes the chunks on every core and writes them in order.
+    fn chunks(&mut self, chunks: &[&[&Job]]) -> anyhow::Result<()> {
+        let encoded = parallel(chunks, cores(), |chunk: &&[&Job]| {
             let mut buf = Vec::with_capacity(chunk.len() * 768);
             for job in chunk.iter() {
                 rmp_serde::encode::write_named(&mut buf, job)?;
             }
             Ok::<_, rmp_serde::encode::Error>(buf)
         });
-        for buf in encoded {
+        for (buf, chunk) in encoded.into_iter().zip(chunks) {
             let buf = buf.context("encoding jobs")?;
-            out.write_all(&(buf.len() as u64).to_le_bytes())?;
-            out.write_all(&buf)?;
+            if buf.is_empty() {
+                continue;
+            }
+            self.out.write_all(&(buf.len() as u64).to_le_bytes())?;
+            self.out.write_all(&buf)?;
+            self.jobs += chunk.len() as u64;
         }
+        Ok(())
     }
-    out.write_all(MAGIC)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().context("syncing the snapshot")?;
-    let size = file.metadata()?.len();
-    drop(file);
-    let path = path_in(dir);
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(size)
+
+    /// Ends the chunks (an empty frame), writes the job count and the end mark, syncs and
+    /// renames. Returns (jobs, bytes).
+    fn finish(mut self) -> anyhow::Result<(u64, u64)> {
+        self.out.write_all(&0u64.to_le_bytes())?;
+        self.out.write_all(&self.jobs.to_le_bytes())?;
+        self.out.write_all(MAGIC)?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all().context("syncing the snapshot")?;
+        let size = file.metadata()?.len();
+        drop(file);
+        let path = path_in(&self.dir);
+        std::fs::rename(&self.tmp, &path)
+            .with_context(|| format!("renaming to {}", path.display()))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.dir.display()))?;
+        Ok((self.jobs, size))
+    }
 }
 
 /// Reads the snapshot in `dir` if it fits `stream`: the same stream, which still holds every
@@ -269,18 +403,24 @@ pub fn read(
     // Shared by the decoders alone: when the last one stops, the reader's sends fail.
     let raw_rx = Arc::new(Mutex::new(raw_rx));
     let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<Job>>>(cores * 2);
-    let chunks = header.chunks;
+    let ended = std::sync::OnceLock::new();
     std::thread::scope(|scope| {
+        let ended = &ended;
         let reader = scope.spawn(move || -> anyhow::Result<()> {
-            for _ in 0..chunks {
+            loop {
                 let chunk = read_frame(&mut input, u64::MAX)?;
+                if chunk.is_empty() {
+                    break;
+                }
                 if raw_tx.send(chunk).is_err() {
                     return Ok(());
                 }
             }
+            let jobs = u64::from_le_bytes(read_array(&mut input)?);
             let mut end = [0u8; 8];
             input.read_exact(&mut end).context("reading the end mark")?;
             ensure!(&end == MAGIC, "no end mark: the file is torn");
+            let _ = ended.set(jobs);
             Ok(())
         });
         for _ in 0..cores {
@@ -304,7 +444,7 @@ pub fn read(
             }
         });
         let jobs = jobs.flatten().inspect(|_| count += 1);
-        let model = WriteModel::restore(header.model, header.jobs as usize, jobs, now);
+        let model = WriteModel::restore(header.model, header.jobs_hint as usize, jobs, now);
         // If the jobs stopped early, this ends the decoders, and with them the reader.
         drop(jobs_rx);
         let read = reader.join().expect("the snapshot reader does not panic");
@@ -312,10 +452,10 @@ pub fn read(
             return Err(e);
         }
         read?;
+        let written = ended.get().copied().unwrap_or_default();
         ensure!(
-            count as u64 == header.jobs,
-            "{count} jobs read of {}: the file is torn",
-            header.jobs
+            count as u64 == written,
+            "{count} jobs read of {written}: the file is torn"
         );
         Ok(Some(Restored {
             position: header.position,

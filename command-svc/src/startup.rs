@@ -58,6 +58,8 @@ pub struct Application {
     engine: Arc<Engine>,
     /// Where the write model's snapshot goes at shutdown, and the stream it is of.
     snapshot: Option<(std::path::PathBuf, snapshot::StreamId)>,
+    /// Seconds between periodic snapshots (0: only at shutdown).
+    snapshot_seconds: u64,
 }
 
 fn required<'a>(
@@ -145,6 +147,7 @@ impl Application {
             tls,
             engine,
             snapshot: config.snapshot_dir.clone().map(|d| (d, stream_state.id)),
+            snapshot_seconds: config.snapshot_seconds,
         })
     }
 
@@ -170,6 +173,18 @@ impl Application {
         let follower = tokio::spawn(follower::follow(self.engine.clone(), follower_stop.clone()));
         let timers = tokio::spawn(follower::run_timers(self.engine.clone(), stop.clone()));
         let scheduler = tokio::spawn(scheduler::run(self.engine.clone(), stop.clone()));
+        let periodic = match &self.snapshot {
+            Some((dir, stream)) if self.snapshot_seconds > 0 => {
+                Some(tokio::spawn(snapshot::run_periodic(
+                    self.engine.clone(),
+                    dir.clone(),
+                    *stream,
+                    Duration::from_secs(self.snapshot_seconds),
+                    stop.clone(),
+                )))
+            }
+            _ => None,
+        };
         let workers = {
             let stop = stop.clone();
             tokio::spawn(tls::serve(
@@ -185,7 +200,12 @@ impl Application {
         );
         let served =
             common::server::serve_and_stop(self.listener, self.router, shutdown, stop).await;
-        let _ = tokio::join!(timers, scheduler, workers);
+        // A periodic snapshot being written finishes first: one writer at a time.
+        let _ = tokio::join!(timers, scheduler, workers, async {
+            if let Some(p) = periodic {
+                let _ = p.await;
+            }
+        });
         if self.snapshot.is_some() {
             snapshot::catch_up(&self.engine).await;
         }

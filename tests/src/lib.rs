@@ -96,6 +96,7 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         // docs/performance.md), and this way every test also runs the batched path.
         group_commit: true,
         snapshot_dir: None,
+        snapshot_seconds: 300,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
         plans: common::config::PlanArgs { plans_file: None },
@@ -140,6 +141,17 @@ pub struct Running {
 }
 
 impl Running {
+    /// A service running elsewhere (a [`Bin`]): its ports, for the helpers that take a
+    /// `Running`; `stop` and drop do nothing to it.
+    pub fn external(port: u16, worker_port: u16) -> Self {
+        Self {
+            port,
+            worker_port,
+            stop: None,
+            task: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

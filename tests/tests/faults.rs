@@ -733,3 +733,140 @@ async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_
     }
     third.stop().await;
 }
+
+/// The environment of a command-svc binary on `app`'s NATS, with `extra` settings.
+fn command_env(
+    app: &TestApp,
+    port: u16,
+    worker_port: u16,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let tls = tests::Tls::get();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let mut env = vec![
+        ("JOBS_NATS_URL", app.nats.url()),
+        ("JOBS_JWT_PUBLIC_KEY", path(&app.keys.rsa_public)),
+        ("JOBS_COMMAND_ADDR", format!("127.0.0.1:{port}")),
+        ("JOBS_WORKER_ADDR", format!("127.0.0.1:{worker_port}")),
+        ("JOBS_WORKER_TLS_CERT", path(&tls.server_cert)),
+        ("JOBS_WORKER_TLS_KEY", path(&tls.server_key)),
+        ("JOBS_WORKER_CLIENT_CA", path(&tls.ca)),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// The stream's last sequence now.
+async fn stream_last(app: &TestApp) -> u64 {
+    let js = async_nats::jetstream::new(common::nats::connect_once(&app.nats.url()).await.unwrap());
+    let mut stream = js.get_stream("JOBS_EVENTS").await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+#[tokio::test]
+async fn kill_9_after_a_periodic_snapshot_restarts_from_it_and_loses_nothing_after_it() {
+    let app = TestApp::spawn_with(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, worker_port) = (tests::procs::free_port(), tests::procs::free_port());
+    let env = command_env(
+        &app,
+        port,
+        worker_port,
+        &[
+            (
+                "JOBS_SNAPSHOT_DIR",
+                dir.path().to_str().unwrap().to_string(),
+            ),
+            ("JOBS_SNAPSHOT_SECONDS", "1".to_string()),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let instance = tests::Running::external(port, worker_port);
+    let mut svc = Bin::spawn("command-svc", &env).unwrap();
+    tests::wait_ready(&instance).await;
+    let jobs: Vec<Value> = (0..100)
+        .map(|n| json!({"type": "p", "payload": {"n": n}}))
+        .collect();
+    let res = app
+        .http
+        .post(format!("{base}/jobs/v1/enqueue/batch"))
+        .bearer_auth(&app.token)
+        .json(&json!({"jobs": jobs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let mut pending: std::collections::BTreeSet<String> = body["data"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pending.len(), 100);
+    let worker = snap_worker(&instance);
+    let leased = worker.lease(&json!({"types": ["p"], "max_jobs": 10})).await;
+    assert_eq!(leased.len(), 10);
+    for job in &leased[..5] {
+        assert_eq!(worker.complete(job).await.0, 200);
+    }
+    // A periodic snapshot that covers all of that.
+    let covered = stream_last(&app).await;
+    eventually(Duration::from_secs(20), "a periodic snapshot", || async {
+        let written = tests::scrape(&app.http, &base).await["jobs_snapshot_written_position"];
+        (written >= covered as f64).then_some(())
+    })
+    .await;
+
+    // After it: more jobs, more completions, more leases; then the process is killed.
+    for n in 0..20 {
+        pending.insert(
+            enqueue_at(
+                &app,
+                &instance,
+                &json!({"type": "p", "payload": {"late": n}}),
+            )
+            .await,
+        );
+    }
+    for job in &leased[5..8] {
+        assert_eq!(worker.complete(job).await.0, 200);
+    }
+    let late_leased = worker.lease(&json!({"types": ["p"], "max_jobs": 4})).await;
+    assert_eq!(late_leased.len(), 4);
+    for id in ids(&leased).iter().chain(&ids(&late_leased)) {
+        pending.remove(id);
+    }
+    svc.kill9();
+
+    let _svc = Bin::spawn("command-svc", &env).unwrap();
+    tests::wait_ready(&instance).await;
+    let restored = tests::scrape(&app.http, &base).await["jobs_snapshot_restored_position"];
+    assert!(
+        restored >= covered as f64,
+        "it started from the periodic snapshot ({restored})"
+    );
+    let worker = snap_worker(&instance);
+    let mut rest = worker
+        .lease(&json!({"types": ["p"], "max_jobs": 100}))
+        .await;
+    rest.extend(
+        worker
+            .lease(&json!({"types": ["p"], "max_jobs": 100}))
+            .await,
+    );
+    assert_eq!(rest.len(), pending.len(), "each job once");
+    assert_eq!(
+        ids(&rest),
+        pending,
+        "every pending job, none leased or finished"
+    );
+    for job in leased[8..].iter().chain(&late_leased) {
+        let (status, body) = worker.heartbeat(job, json!({})).await;
+        assert_eq!(status, 200, "a lease from before the kill is held: {body}");
+    }
+    for job in &leased[..8] {
+        let (status, body) = worker.heartbeat(job, json!({})).await;
+        assert_eq!(status, 409, "a completed job stays completed: {body}");
+    }
+}

@@ -310,7 +310,7 @@ fn a_tenant_at_its_lease_limit_waits_while_others_are_served() {
 
 /// What a model holds, in a form two models can be compared by: the jobs and where each is
 /// placed, tombstones, dependency links, counts and the platform state, plus what a `tick` at
-/// `now` reports. Left out: the order tenants take turns in (a restored model's rotation
+/// `now` makes ready and reports due. Left out: the order tenants take turns in (a restored model's rotation
 /// starts in another order) and the last second's lease starts per concurrency key.
 fn fingerprint(m: &mut WriteModel, now: DateTime<Utc>) -> String {
     fn sorted<T: std::fmt::Debug>(items: impl IntoIterator<Item = T>) -> Vec<String> {
@@ -318,7 +318,9 @@ fn fingerprint(m: &mut WriteModel, now: DateTime<Utc>) -> String {
         v.sort();
         v
     }
-    let (made_ready, due, next) = m.tick(now);
+    // The next deadline is left out: a heap may hold stale entries (a finished job's lease
+    // watch) that tick skips; `placed` says what each job is armed for.
+    let (made_ready, due, _next) = m.tick(now);
     let ready: Vec<String> = sorted(m.ready.iter().flat_map(|(t, idx)| {
         idx.levels.iter().flat_map(move |(p, level)| {
             level
@@ -336,7 +338,7 @@ fn fingerprint(m: &mut WriteModel, now: DateTime<Utc>) -> String {
         format!("jobs {:?}", sorted(m.jobs.values())),
         format!("placed {:?}", sorted(m.placed.iter())),
         format!("ready {ready:?} rotations {rotations:?}"),
-        format!("tick {made_ready} {:?} {next:?}", sorted(due.iter())),
+        format!("tick {made_ready} {:?}", sorted(due.iter())),
         format!(
             "finished {:?}",
             m.finished_order
@@ -482,6 +484,10 @@ fn a_snapshot_and_the_events_after_it_give_what_a_full_replay_gives() {
         &complete(first_lease.lease.unwrap().lease_id),
         later,
     );
+    // What a snapshot taken while the model changes holds (`snapshot::write_live`): the
+    // position from before, the jobs and then the tombstones from later (here: after `first`
+    // finished, so it is absent and its dependent no longer waits for it).
+    let live = (w.model.image(), w.model.jobs().cloned().collect::<Vec<_>>());
     w.record(
         t2,
         leased.id,
@@ -502,9 +508,12 @@ fn a_snapshot_and_the_events_after_it_give_what_a_full_replay_gives() {
     replayed.paused = w.model.paused.clone();
     replayed.key_seq = w.model.key_seq.clone();
 
+    let mut from_live = restored(&live, &w.log[at..], later);
+
     let check = now + Duration::seconds(60);
     let expected = fingerprint(&mut replayed, check);
     assert_eq!(fingerprint(&mut from_snapshot, check), expected);
+    assert_eq!(fingerprint(&mut from_live, check), expected);
     // And the case is not trivial: the model holds each kind of place.
     assert!(expected.contains("Blocked"), "{expected}");
     assert!(expected.contains("Ready"), "{expected}");
