@@ -702,6 +702,10 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         json!(half.lease.pct_ms(0.99)),
     );
     f.insert("projection_lag_p99_ms".into(), json!(full.lag.pct_ms(0.99)));
+    f.insert(
+        "projection_lag_unanswered".into(),
+        json!(full.lag_unanswered),
+    );
     f.insert("list_p99_ms".into(), json!(list));
     f.insert("get_p99_ms".into(), json!(get));
     f.insert(
@@ -821,6 +825,9 @@ struct Cycle {
     lease: Arc<Lat>,
     /// Enqueue acknowledged to readable through query-svc.
     lag: Arc<Lat>,
+    /// Lag samples whose read did not answer 200 (query-svc waits at most 5 s for
+    /// `x-min-event-seq`): a lag beyond that, or an error.
+    lag_unanswered: u64,
 }
 
 /// Workers lease and complete while producers enqueue: as fast as they can (`per_s` None), or
@@ -889,8 +896,14 @@ async fn cycle(
         .collect();
     // Projection lag: enqueue, then read it back asking for read-your-writes.
     let lag = Arc::new(Lat::default());
+    let unanswered = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (c, stop, lag) = (ctx.clone(), stop.clone(), lag.clone());
+        let (c, stop, lag, unanswered) = (
+            ctx.clone(),
+            stop.clone(),
+            lag.clone(),
+            unanswered.clone(),
+        );
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(res) = c
@@ -926,6 +939,8 @@ async fn cycle(
                     .await;
                 if got.is_ok_and(|r| r.status() == 200) {
                     lag.add(t.elapsed());
+                } else {
+                    unanswered.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -981,6 +996,7 @@ async fn cycle(
         completed: completed.load(Ordering::Relaxed),
         lease: lease_lat,
         lag,
+        lag_unanswered: unanswered.load(Ordering::Relaxed),
     })
 }
 

@@ -84,6 +84,7 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "lease_latency_p99_ms_at_100_per_s",
         "lease_latency_p99_ms_at_half_cycle_rate",
         "projection_lag_p99_ms",
+        "projection_lag_unanswered",
         "list_p99_ms",
         "get_p99_ms",
         "list_p99_ms_at_10k",
