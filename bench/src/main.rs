@@ -898,12 +898,8 @@ async fn cycle(
     let lag = Arc::new(Lat::default());
     let unanswered = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (c, stop, lag, unanswered) = (
-            ctx.clone(),
-            stop.clone(),
-            lag.clone(),
-            unanswered.clone(),
-        );
+        let (c, stop, lag, unanswered) =
+            (ctx.clone(), stop.clone(), lag.clone(), unanswered.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(res) = c
