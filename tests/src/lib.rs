@@ -368,6 +368,28 @@ impl TestApp {
     }
 }
 
+/// The environment of a command-svc binary on `app`'s NATS, with `extra` settings.
+pub fn command_env(
+    app: &TestApp,
+    port: u16,
+    worker_port: u16,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let tls = Tls::get();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let mut env = vec![
+        ("JOBS_NATS_URL", app.nats.url()),
+        ("JOBS_JWT_PUBLIC_KEY", path(&app.keys.rsa_public)),
+        ("JOBS_COMMAND_ADDR", format!("127.0.0.1:{port}")),
+        ("JOBS_WORKER_ADDR", format!("127.0.0.1:{worker_port}")),
+        ("JOBS_WORKER_TLS_CERT", path(&tls.server_cert)),
+        ("JOBS_WORKER_TLS_KEY", path(&tls.server_key)),
+        ("JOBS_WORKER_CLIENT_CA", path(&tls.ca)),
+    ];
+    env.extend_from_slice(extra);
+    env
+}
+
 /// The `x-event-seq` header of a command response.
 pub fn event_seq(res: &Response) -> u64 {
     res.headers()

@@ -734,28 +734,6 @@ async fn a_restart_from_the_snapshot_holds_what_it_held_plus_what_came_while_it_
     third.stop().await;
 }
 
-/// The environment of a command-svc binary on `app`'s NATS, with `extra` settings.
-fn command_env(
-    app: &TestApp,
-    port: u16,
-    worker_port: u16,
-    extra: &[(&'static str, String)],
-) -> Vec<(&'static str, String)> {
-    let tls = tests::Tls::get();
-    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let mut env = vec![
-        ("JOBS_NATS_URL", app.nats.url()),
-        ("JOBS_JWT_PUBLIC_KEY", path(&app.keys.rsa_public)),
-        ("JOBS_COMMAND_ADDR", format!("127.0.0.1:{port}")),
-        ("JOBS_WORKER_ADDR", format!("127.0.0.1:{worker_port}")),
-        ("JOBS_WORKER_TLS_CERT", path(&tls.server_cert)),
-        ("JOBS_WORKER_TLS_KEY", path(&tls.server_key)),
-        ("JOBS_WORKER_CLIENT_CA", path(&tls.ca)),
-    ];
-    env.extend_from_slice(extra);
-    env
-}
-
 /// The stream's last sequence now.
 async fn stream_last(app: &TestApp) -> u64 {
     let js = async_nats::jetstream::new(common::nats::connect_once(&app.nats.url()).await.unwrap());
@@ -768,7 +746,7 @@ async fn kill_9_after_a_periodic_snapshot_restarts_from_it_and_loses_nothing_aft
     let app = TestApp::spawn_with(false).await;
     let dir = tempfile::tempdir().unwrap();
     let (port, worker_port) = (tests::procs::free_port(), tests::procs::free_port());
-    let env = command_env(
+    let env = tests::command_env(
         &app,
         port,
         worker_port,

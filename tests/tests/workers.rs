@@ -441,27 +441,7 @@ async fn killing_command_svc_mid_cycle_loses_and_repeats_nothing() {
     let app = TestApp::spawn().await;
     let tls = Tls::get();
     let (port, worker_port) = (tests::procs::free_port(), tests::procs::free_port());
-    let env = vec![
-        ("JOBS_NATS_URL", app.nats.url()),
-        (
-            "JOBS_JWT_PUBLIC_KEY",
-            app.keys.rsa_public.to_str().unwrap().to_string(),
-        ),
-        ("JOBS_COMMAND_ADDR", format!("127.0.0.1:{port}")),
-        ("JOBS_WORKER_ADDR", format!("127.0.0.1:{worker_port}")),
-        (
-            "JOBS_WORKER_TLS_CERT",
-            tls.server_cert.to_str().unwrap().to_string(),
-        ),
-        (
-            "JOBS_WORKER_TLS_KEY",
-            tls.server_key.to_str().unwrap().to_string(),
-        ),
-        (
-            "JOBS_WORKER_CLIENT_CA",
-            tls.ca.to_str().unwrap().to_string(),
-        ),
-    ];
+    let env = tests::command_env(&app, port, worker_port, &[]);
     let mut svc = Bin::spawn("command-svc", &env).unwrap();
     let http = reqwest::Client::new();
     let ready = |http: reqwest::Client| async move {
