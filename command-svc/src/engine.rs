@@ -241,7 +241,7 @@ impl Engine {
             job_id: job.id,
             at,
             actor: actor.clone(),
-            prev_hash: job.last_event_hash.clone(),
+            prev_hash: job.last_event_hash.map(|h| h.to_string()),
             event,
         }
     }

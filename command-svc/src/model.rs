@@ -63,6 +63,10 @@ fn rate_opens(
 /// FIFO key within one tenant at one priority.
 type Key = (DateTime<Utc>, DateTime<Utc>, Uuid);
 
+fn ready_key(job: &Job) -> Key {
+    (job.run_at, job.created_at, job.id)
+}
+
 #[derive(Default)]
 struct Level {
     rotation: VecDeque<Uuid>,
@@ -74,14 +78,12 @@ struct TypeIndex {
     levels: BTreeMap<Reverse<u8>, Level>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Where a job is (16 bytes: a million pending jobs each have one).
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Place {
-    Ready {
-        job_type: String,
-        priority: u8,
-        tenant: Uuid,
-        key: Key,
-    },
+    /// In the ready index, under its stored job's type, priority, tenant and [`ready_key`]:
+    /// every change to a stored job unplaces it first, so the stored job is the placed one.
+    Ready,
     /// In the timer heap, armed for this instant (heap entries for other instants are stale).
     Waiting(DateTime<Utc>),
     Taken,
@@ -539,7 +541,7 @@ impl WriteModel {
         }
         let ready = match job.status {
             Status::Scheduled | Status::Pending if job.run_at <= now && !job.cancel_requested => {
-                self.place_ready(&job);
+                Self::place_ready(&mut self.ready, &mut self.placed, &job);
                 true
             }
             Status::Scheduled | Status::Pending => {
@@ -557,12 +559,19 @@ impl WriteModel {
         ready
     }
 
-    fn place_ready(&mut self, job: &Job) {
-        let key = (job.run_at, job.created_at, job.id);
-        let level = self
-            .ready
-            .entry(job.job_type.clone())
-            .or_default()
+    /// Puts a job in the ready index (over the model's two fields, so the job may be borrowed
+    /// from the model's own table).
+    fn place_ready(
+        ready: &mut HashMap<String, TypeIndex>,
+        placed: &mut HashMap<Uuid, Place>,
+        job: &Job,
+    ) {
+        if !ready.contains_key(&job.job_type) {
+            ready.insert(job.job_type.clone(), TypeIndex::default());
+        }
+        let level = ready
+            .get_mut(&job.job_type)
+            .expect("inserted above")
             .levels
             .entry(Reverse(job.priority))
             .or_default();
@@ -570,29 +579,20 @@ impl WriteModel {
         if set.is_empty() {
             level.rotation.push_back(job.tenant_id);
         }
-        set.insert(key);
-        self.placed.insert(
-            job.id,
-            Place::Ready {
-                job_type: job.job_type.clone(),
-                priority: job.priority,
-                tenant: job.tenant_id,
-                key,
-            },
-        );
+        set.insert(ready_key(job));
+        placed.insert(job.id, Place::Ready);
     }
 
     fn unplace(&mut self, id: &Uuid) {
-        let Some(Place::Ready {
-            job_type,
-            priority,
-            tenant,
-            key,
-        }) = self.placed.remove(id)
-        else {
+        if self.placed.get(id) != Some(&Place::Ready) {
+            return;
+        }
+        self.placed.remove(id);
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
-        let Some(idx) = self.ready.get_mut(&job_type) else {
+        let (priority, tenant, key) = (job.priority, job.tenant_id, ready_key(job));
+        let Some(idx) = self.ready.get_mut(&job.job_type) else {
             return;
         };
         let Some(level) = idx.levels.get_mut(&Reverse(priority)) else {
@@ -609,7 +609,7 @@ impl WriteModel {
             idx.levels.remove(&Reverse(priority));
         }
         if idx.levels.is_empty() {
-            self.ready.remove(&job_type);
+            self.ready.remove(&job.job_type);
         }
     }
 
@@ -746,8 +746,7 @@ impl WriteModel {
                 (Status::Scheduled | Status::Pending, _)
                     if job.run_at <= now && !job.cancel_requested =>
                 {
-                    let job = job.clone();
-                    self.place_ready(&job);
+                    Self::place_ready(&mut self.ready, &mut self.placed, job);
                     made_ready += 1;
                 }
                 (Status::Scheduled | Status::Pending, _) if job.run_at > now => {

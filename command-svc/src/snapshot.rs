@@ -38,7 +38,10 @@ const MAGIC: &[u8; 8] = b"JOBSSNAP";
 /// The file's layout and what `WriteModel::restore` expects of it. Bump it whenever either
 /// changes, or the fold of events changes what a model holds: an instance ignores a snapshot
 /// of another format and replays the stream.
-const FORMAT: u32 = 2;
+///
+/// 3: a job's payload, metadata, progress and result are strings of JSON text (`events::Json`),
+/// no longer MessagePack maps.
+const FORMAT: u32 = 3;
 /// Jobs per chunk: the unit of parallel encoding and decoding.
 const CHUNK: usize = 8192;
 /// Jobs per chunk of a snapshot written while serving: the model's lock is held while one is

@@ -4,6 +4,7 @@
 use crate::envelope::Recorded;
 use crate::event::JobEvent;
 use crate::job::{Job, JobError, Lease, Status};
+use crate::Json;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{event} cannot apply to a job that is {state}: {reason}")]
@@ -27,7 +28,15 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
     let at = env.at;
     let ev = &env.event;
     // From v2 on, each event names the hash of the job's previous one.
-    if env.schema_version >= 2 && env.prev_hash != job.and_then(|j| j.last_event_hash.clone()) {
+    let chained = match (
+        env.prev_hash.as_deref(),
+        job.and_then(|j| j.last_event_hash),
+    ) {
+        (None, None) => true,
+        (Some(prev), Some(last)) => last.is(prev),
+        _ => false,
+    };
+    if env.schema_version >= 2 && !chained {
         return Err(reject(
             ev,
             job,
@@ -61,7 +70,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             job_type: job_type.clone(),
             queue: queue.clone(),
             priority: *priority,
-            payload: payload.clone(),
+            payload: payload.into(),
             status: if *run_at <= at {
                 Status::Pending
             } else {
@@ -79,18 +88,18 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             result: None,
             last_error: None,
             errors: Vec::new(),
-            metadata: metadata.clone(),
+            metadata: metadata.into(),
             cancel_requested: false,
             dead_lettered_at: None,
             completed_at: None,
             expires_at: *expires_at,
-            unique: unique.clone(),
-            limits: limits.clone(),
+            unique: unique.clone().map(Box::new),
+            limits: limits.clone().map(Box::new),
             depends_on: depends_on.clone(),
             on_dependency_failure: *on_dependency_failure,
             version: 1,
             last_event_seq: rec.seq,
-            last_event_hash: Some(env.hash()),
+            last_event_hash: Some(env.digest()),
         });
     };
     if rec.seq <= current.last_event_seq {
@@ -116,13 +125,13 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             j.status = Status::Leased;
             j.attempts += 1;
             j.progress = None;
-            j.lease = Some(Lease {
+            j.lease = Some(Box::new(Lease {
                 worker_id: worker_id.clone(),
                 lease_id: rec.seq,
                 expires_at: *expires_at,
                 leased_at: at,
                 lease_seconds: *lease_seconds,
-            });
+            }));
         }
         JobEvent::Heartbeat {
             lease_id,
@@ -136,7 +145,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 l.expires_at = *expires_at;
             }
             if progress.is_some() {
-                j.progress = progress.clone();
+                j.progress = progress.as_ref().map(Json::from);
             }
         }
         JobEvent::Completed { lease_id, result } => {
@@ -144,7 +153,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 return Err(reject(ev, job, "the lease is not the job's current lease"));
             }
             j.status = Status::Completed;
-            j.result = result.clone();
+            j.result = result.as_ref().map(Json::from);
             j.lease = None;
             j.completed_at = Some(at);
         }
@@ -244,7 +253,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 j.run_at = *r;
             }
             if let Some(p) = payload {
-                j.payload = p.clone();
+                j.payload = p.into();
             }
             if let Some(m) = max_attempts {
                 j.max_attempts = *m;
@@ -296,7 +305,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
     }
     j.version += 1;
     j.last_event_seq = rec.seq;
-    j.last_event_hash = Some(env.hash());
+    j.last_event_hash = Some(env.digest());
     j.updated_at = at;
     Ok(j)
 }
@@ -315,6 +324,6 @@ fn record_error(
         message: message.to_string(),
         code: code.map(str::to_string),
     };
-    j.last_error = Some(e.clone());
+    j.last_error = Some(Box::new(e.clone()));
     j.errors.push(e);
 }

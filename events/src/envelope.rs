@@ -106,16 +106,87 @@ impl Envelope {
     /// The event's hash: hex SHA-256 of its canonical JSON (keys sorted, no whitespace), which
     /// covers `prev_hash` and so the whole chain before it.
     pub fn hash(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.digest().to_string()
+    }
+
+    /// [`Self::hash`] as its 32 bytes.
+    pub fn digest(&self) -> EventHash {
         let v = serde_json::to_value(self).expect("an envelope always serializes");
         let mut out = Vec::with_capacity(1024);
         canonical(&v, &mut out);
-        let mut hex = String::with_capacity(64);
-        for b in Sha256::digest(&out) {
-            hex.push(HEX[(b >> 4) as usize] as char);
-            hex.push(HEX[(b & 15) as usize] as char);
+        EventHash(Sha256::digest(&out).into())
+    }
+}
+
+/// An event's hash ([`Envelope::hash`]) as 32 bytes; written, and read, as 64 lowercase hex
+/// digits. The write model keeps one per job, so it is not a 64-byte string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventHash(pub [u8; 32]);
+
+impl EventHash {
+    const HEX: &'static [u8; 16] = b"0123456789abcdef";
+
+    fn hex(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = Self::HEX[(b >> 4) as usize];
+            out[2 * i + 1] = Self::HEX[(b & 15) as usize];
         }
-        hex
+        out
+    }
+
+    /// Whether `hex` spells this hash (lowercase, as [`Envelope::hash`] writes it).
+    pub fn is(&self, hex: &str) -> bool {
+        hex.as_bytes() == self.hex()
+    }
+
+    /// 64 lowercase hex digits, or None.
+    pub fn parse(hex: &str) -> Option<Self> {
+        let digit = |c: u8| Self::HEX.iter().position(|h| *h == c).map(|d| d as u8);
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+        }
+        Some(EventHash(out))
+    }
+}
+
+impl std::fmt::Display for EventHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.hex()).expect("hex digits are ASCII"))
+    }
+}
+
+impl std::fmt::Debug for EventHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for EventHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.hex()).expect("hex digits are ASCII"))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = EventHash;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a SHA-256 as 64 lowercase hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventHash, E> {
+                EventHash::parse(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -217,5 +288,32 @@ mod tests {
             env.hash(),
             "d7476a45b4978630c796b7c171fad9a05880eef94031576cc2bfceded022300e"
         );
+    }
+
+    #[test]
+    fn an_event_hash_reads_and_writes_as_the_hex_the_envelope_hashes_to() {
+        let hex = "d7476a45b4978630c796b7c171fad9a05880eef94031576cc2bfceded022300e";
+        let h = EventHash::parse(hex).unwrap();
+        assert_eq!(h.to_string(), hex);
+        assert!(h.is(hex));
+        assert!(!h.is(&hex.to_uppercase()));
+        assert!(!h.is(&hex[1..]));
+        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{hex}\""));
+        assert_eq!(
+            serde_json::from_str::<EventHash>(&format!("\"{hex}\"")).unwrap(),
+            h
+        );
+        let packed = rmp_serde::to_vec(&h).unwrap();
+        assert_eq!(rmp_serde::from_slice::<EventHash>(&packed).unwrap(), h);
+        for bad in [
+            "",
+            "zz",
+            &hex.to_uppercase(),
+            &hex[2..],
+            &format!("{hex}00"),
+        ] {
+            assert_eq!(EventHash::parse(bad), None, "{bad}");
+            assert!(serde_json::from_value::<EventHash>(serde_json::json!(bad)).is_err());
+        }
     }
 }

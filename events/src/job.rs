@@ -5,8 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
+
+use crate::{EventHash, Json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -141,7 +142,7 @@ pub struct JobError {
     pub code: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -149,7 +150,8 @@ pub struct Job {
     pub job_type: String,
     pub queue: String,
     pub priority: u8,
-    pub payload: Value,
+    #[schema(value_type = serde_json::Value)]
+    pub payload: Json,
     pub status: Status,
     pub attempts: u32,
     pub max_attempts: u32,
@@ -158,12 +160,15 @@ pub struct Job {
     pub backoff: Backoff,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub lease: Option<Lease>,
-    pub progress: Option<Value>,
-    pub result: Option<Value>,
-    pub last_error: Option<JobError>,
+    pub lease: Option<Box<Lease>>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub progress: Option<Json>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Json>,
+    pub last_error: Option<Box<JobError>>,
     pub errors: Vec<JobError>,
-    pub metadata: Value,
+    #[schema(value_type = serde_json::Value)]
+    pub metadata: Json,
     pub cancel_requested: bool,
     pub dead_lettered_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -172,10 +177,10 @@ pub struct Job {
     pub expires_at: Option<DateTime<Utc>>,
     /// The uniqueness it was enqueued with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unique: Option<UniqueSpec>,
+    pub unique: Option<Box<UniqueSpec>>,
     /// Its concurrency limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<ConcurrencyLimit>,
+    pub limits: Option<Box<ConcurrencyLimit>>,
     /// Jobs that must complete before this one runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Uuid>,
@@ -189,7 +194,8 @@ pub struct Job {
     pub last_event_seq: u64,
     /// Hash of the job's last event: the `prev_hash` of its next one.
     #[serde(default)]
-    pub last_event_hash: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub last_event_hash: Option<EventHash>,
 }
 
 impl Job {

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod envelope;
 pub mod event;
 pub mod job;
+pub mod json;
 pub mod platform;
 pub mod schedule;
 pub mod stream;
@@ -18,8 +19,9 @@ pub mod validate;
 
 pub use apply::{apply, ApplyError};
 pub use decide::{decide, Command, EnqueueSpec, Rejection};
-pub use envelope::{Actor, ActorKind, Envelope, Recorded, SCHEMA_VERSION};
+pub use envelope::{Actor, ActorKind, Envelope, EventHash, Recorded, SCHEMA_VERSION};
 pub use event::{ErrorInfo, JobEvent};
 pub use job::{
     Backoff, ConcurrencyLimit, DependencyFailure, Job, JobError, Lease, Status, UniqueSpec,
 };
+pub use json::Json;

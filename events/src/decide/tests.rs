@@ -44,7 +44,10 @@ impl Given {
                     job_id: self.id,
                     at: now,
                     actor: Actor::system("test"),
-                    prev_hash: self.job.as_ref().and_then(|j| j.last_event_hash.clone()),
+                    prev_hash: self
+                        .job
+                        .as_ref()
+                        .and_then(|j| j.last_event_hash.map(|h| h.to_string())),
                     event: e.clone(),
                 },
             };
@@ -390,7 +393,7 @@ proptest! {
                 prop_assert!(j.attempts <= j.max_attempts, "attempts {} > max_attempts {}", j.attempts, j.max_attempts);
                 prop_assert!(completions <= 1, "completed twice without a retry");
                 prop_assert_eq!(j.lease.is_some(), j.status == Status::Leased);
-                prop_assert_eq!(j.errors.last(), j.last_error.as_ref());
+                prop_assert_eq!(j.errors.last(), j.last_error.as_deref());
             }
         }
     }
@@ -530,9 +533,9 @@ fn the_golden_v1_events_keep_decoding_and_folding() {
 fn every_event_links_to_the_hash_of_the_one_before_and_a_broken_link_is_refused() {
     let mut g = Given::new();
     g.when(&enqueue(3), t0()).unwrap();
-    let first = g.job().last_event_hash.clone().unwrap();
+    let first = g.job().last_event_hash.unwrap();
     g.when(&lease("w1"), t0()).unwrap();
-    assert_ne!(g.job().last_event_hash.as_deref(), Some(first.as_str()));
+    assert_ne!(g.job().last_event_hash, Some(first));
     // An event whose prev_hash is not the job's last hash does not apply.
     let forged = Recorded {
         seq: 1000,
@@ -543,7 +546,7 @@ fn every_event_links_to_the_hash_of_the_one_before_and_a_broken_link_is_refused(
             job_id: g.id,
             at: t0(),
             actor: Actor::system("forger"),
-            prev_hash: Some(first),
+            prev_hash: Some(first.to_string()),
             event: JobEvent::Cancelled {
                 reason: None,
                 error: None,
