@@ -6,7 +6,7 @@
 //! tenants (so a tenant with 100,000 queued jobs cannot starve one with 5), then per tenant
 //! earliest `run_at`, then enqueue order. Invariant: a job is in at most one place — the ready
 //! index, the timer heap (waiting for `run_at` or watching its lease), or taken by a lease in
-//! flight — and `placed` says which.
+//! flight — and its `Slot`'s place says which.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -91,6 +91,13 @@ enum Place {
     Blocked,
 }
 
+/// A job the model holds, and where it is: one allocation (the place fits in the padding of
+/// the job's size class, where a table of places cost about 70 bytes per job).
+struct Slot {
+    job: Job,
+    place: Option<Place>,
+}
+
 /// Where a job with dependencies stands.
 enum Dependencies {
     /// These have not ended yet (or are not known here yet).
@@ -122,11 +129,9 @@ pub enum Due {
 
 #[derive(Default)]
 pub struct WriteModel {
-    /// Boxed: a `Job` is 640 bytes, and a hash table keeps up to half its slots empty, so
-    /// inline jobs cost over 1 KB of table per job (measured: 2.6 KB of RSS per pending job
-    /// inline).
-    jobs: HashMap<Uuid, Box<Job>>,
-    placed: HashMap<Uuid, Place>,
+    /// Boxed: a hash table keeps up to half its slots empty, so inline jobs would cost twice
+    /// their size in table (measured with 640-byte jobs: 2.6 KB of RSS per pending job).
+    jobs: HashMap<Uuid, Box<Slot>>,
     ready: HashMap<String, TypeIndex>,
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     /// Waiting jobs' `expires_at` (entries for jobs that moved on are skipped when due).
@@ -210,8 +215,7 @@ impl WriteModel {
                     *self.key_leased.entry(k).or_default() += 1;
                 }
                 let started = j.lease.as_ref().filter(|l| {
-                    self.jobs
-                        .get(&id)
+                    self.job(&id)
                         .and_then(|o| o.lease.as_ref())
                         .map(|o| o.lease_id)
                         != Some(l.lease_id)
@@ -232,9 +236,21 @@ impl WriteModel {
                         }
                     }
                 }
-                self.jobs.insert(id, Box::new(j))
+                match self.jobs.get_mut(&id) {
+                    Some(slot) => Some(std::mem::replace(&mut slot.job, j)),
+                    None => {
+                        self.jobs.insert(
+                            id,
+                            Box::new(Slot {
+                                job: j,
+                                place: None,
+                            }),
+                        );
+                        None
+                    }
+                }
             }
-            None => self.jobs.remove(&id),
+            None => self.jobs.remove(&id).map(|slot| slot.job),
         };
         if let Some(old) = old {
             let (tenant, active, leased) = contribution(&old);
@@ -325,15 +341,26 @@ impl WriteModel {
     /// Whether the model already reflects the job's event at `seq` (an echo of this instance's
     /// own append, or a finished job's): folding it would change nothing.
     pub fn reflects(&self, id: &Uuid, seq: u64) -> bool {
-        self.jobs
-            .get(id)
+        self.job(id)
             .map(|j| j.last_event_seq)
             .or_else(|| self.finished.get(id).copied())
             .is_some_and(|last| last >= seq)
     }
 
     pub fn job(&self, id: &Uuid) -> Option<&Job> {
-        self.jobs.get(id).map(|j| &**j)
+        self.jobs.get(id).map(|slot| &slot.job)
+    }
+
+    /// Where a job is (None: nowhere, or not held).
+    fn place(&self, id: &Uuid) -> Option<Place> {
+        self.jobs.get(id).and_then(|slot| slot.place)
+    }
+
+    /// Records where a held job is (nothing, for a job not held).
+    fn set_place(&mut self, id: &Uuid, place: Option<Place>) {
+        if let Some(slot) = self.jobs.get_mut(id) {
+            slot.place = place;
+        }
     }
 
     pub fn live_jobs(&self) -> usize {
@@ -360,7 +387,7 @@ impl WriteModel {
     /// Folds a recorded event in and re-places the job.
     pub fn fold(&mut self, rec: &Recorded, now: DateTime<Utc>) -> Result<Folded, ApplyError> {
         let id = rec.envelope.job_id;
-        if let Some(j) = self.jobs.get(&id) {
+        if let Some(j) = self.job(&id) {
             if rec.seq <= j.last_event_seq {
                 return Ok(Folded::Seen);
             }
@@ -388,7 +415,7 @@ impl WriteModel {
     /// Stores a job's state unless the model already holds the same or a later one (by its
     /// last event sequence); returns whether it is ready now.
     pub fn offer(&mut self, job: Job, now: DateTime<Utc>) -> bool {
-        let held = self.jobs.get(&job.id).map(|j| j.last_event_seq);
+        let held = self.job(&job.id).map(|j| j.last_event_seq);
         let gone = self.finished.get(&job.id).copied();
         if held.or(gone).is_some_and(|seq| seq >= job.last_event_seq) {
             return false;
@@ -409,16 +436,17 @@ impl WriteModel {
         }
     }
 
+    /// Watches a held job's time (its `run_at`, or its lease's expiry).
     fn arm(&mut self, id: Uuid, at: DateTime<Utc>) {
         self.timers.push(Reverse((at, id)));
-        self.placed.insert(id, Place::Waiting(at));
+        self.set_place(&id, Some(Place::Waiting(at)));
     }
 
     /// Forgets a job (purged).
     pub fn forget(&mut self, id: &Uuid) {
         self.unplace(id);
-        self.placed.remove(id);
-        if let Some((seq, status)) = self.jobs.get(id).map(|j| (j.last_event_seq, j.status)) {
+        self.set_place(id, None);
+        if let Some((seq, status)) = self.job(id).map(|j| (j.last_event_seq, j.status)) {
             self.store(*id, None);
             self.bury(*id, seq, status);
         }
@@ -428,8 +456,7 @@ impl WriteModel {
 
     /// A dependency's status as this model knows it (None: not known here).
     fn dependency_status(&self, id: &Uuid) -> Option<Status> {
-        self.jobs
-            .get(id)
+        self.job(id)
             .map(|j| j.status)
             .or_else(|| self.ended.get(id).copied())
     }
@@ -505,7 +532,7 @@ impl WriteModel {
         self.unplace(&job.id);
         self.unblock(&job.id);
         if job.status.is_terminal() {
-            self.placed.remove(&job.id);
+            self.set_place(&job.id, None);
             let (id, seq, status) = (job.id, job.last_event_seq, job.status);
             if job.status == Status::DeadLettered {
                 self.store(id, Some(job));
@@ -521,8 +548,8 @@ impl WriteModel {
                 Dependencies::Met => {}
                 Dependencies::Failed(dep, status) => {
                     self.dependency_failed.push((id, dep, status));
-                    self.placed.insert(id, Place::Blocked);
                     self.store(id, Some(job));
+                    self.set_place(&id, Some(Place::Blocked));
                     return false;
                 }
                 Dependencies::Waiting(deps) => {
@@ -530,8 +557,8 @@ impl WriteModel {
                         self.dependents.entry(*dep).or_default().insert(id);
                     }
                     self.blocked.insert(id, deps);
-                    self.placed.insert(id, Place::Blocked);
                     self.store(id, Some(job));
+                    self.set_place(&id, Some(Place::Blocked));
                     return false;
                 }
             }
@@ -539,37 +566,40 @@ impl WriteModel {
         if let (Status::Scheduled | Status::Pending, Some(at)) = (job.status, job.expires_at) {
             self.expiries.push(Reverse((at, id)));
         }
-        let ready = match job.status {
+        // Placed once stored: the place lives with the job.
+        let (ready, arm) = match job.status {
             Status::Scheduled | Status::Pending if job.run_at <= now && !job.cancel_requested => {
-                Self::place_ready(&mut self.ready, &mut self.placed, &job);
-                true
+                (true, None)
             }
-            Status::Scheduled | Status::Pending => {
-                self.arm(id, job.run_at);
-                false
-            }
-            Status::Leased => {
-                let until = job.lease.as_ref().map_or(now, |l| l.expires_at);
-                self.arm(id, until);
-                false
-            }
-            _ => false,
+            Status::Scheduled | Status::Pending => (false, Some(job.run_at)),
+            Status::Leased => (
+                false,
+                Some(job.lease.as_ref().map_or(now, |l| l.expires_at)),
+            ),
+            _ => (false, None),
         };
         self.store(id, Some(job));
+        if ready {
+            self.place_ready(&id);
+        } else if let Some(at) = arm {
+            self.arm(id, at);
+        }
         ready
     }
 
-    /// Puts a job in the ready index (over the model's two fields, so the job may be borrowed
-    /// from the model's own table).
-    fn place_ready(
-        ready: &mut HashMap<String, TypeIndex>,
-        placed: &mut HashMap<Uuid, Place>,
-        job: &Job,
-    ) {
-        if !ready.contains_key(&job.job_type) {
-            ready.insert(job.job_type.clone(), TypeIndex::default());
+    /// Puts a held job in the ready index.
+    fn place_ready(&mut self, id: &Uuid) {
+        let Some(slot) = self.jobs.get_mut(id) else {
+            return;
+        };
+        slot.place = Some(Place::Ready);
+        let job = &slot.job;
+        if !self.ready.contains_key(&job.job_type) {
+            self.ready
+                .insert(job.job_type.clone(), TypeIndex::default());
         }
-        let level = ready
+        let level = self
+            .ready
             .get_mut(&job.job_type)
             .expect("inserted above")
             .levels
@@ -580,15 +610,14 @@ impl WriteModel {
             level.rotation.push_back(job.tenant_id);
         }
         set.insert(ready_key(job));
-        placed.insert(job.id, Place::Ready);
     }
 
     fn unplace(&mut self, id: &Uuid) {
-        if self.placed.get(id) != Some(&Place::Ready) {
+        if self.place(id) != Some(Place::Ready) {
             return;
         }
-        self.placed.remove(id);
-        let Some(job) = self.jobs.get(id) else {
+        self.set_place(id, None);
+        let Some(job) = self.jobs.get(id).map(|slot| &slot.job) else {
             return;
         };
         let (priority, tenant, key) = (job.priority, job.tenant_id, ready_key(job));
@@ -685,13 +714,15 @@ impl WriteModel {
                             })
                     };
                     let found = level.tenants.get(&tenant).and_then(|set| {
-                        set.iter()
-                            .map(|k| k.2)
-                            .find(|id| self.jobs.get(id).is_some_and(|j| accepts(j) && open(j)))
+                        set.iter().map(|k| k.2).find(|id| {
+                            self.jobs
+                                .get(id)
+                                .is_some_and(|slot| accepts(&slot.job) && open(&slot.job))
+                        })
                     });
                     if let Some(id) = found {
                         self.unplace(&id);
-                        self.placed.insert(id, Place::Taken);
+                        self.set_place(&id, Some(Place::Taken));
                         return self.job(&id).cloned();
                     }
                 }
@@ -703,10 +734,10 @@ impl WriteModel {
 
     /// Puts a taken job back where its state says (its lease append failed).
     pub fn release(&mut self, id: &Uuid, now: DateTime<Utc>) -> bool {
-        if self.placed.get(id) != Some(&Place::Taken) {
+        if self.place(id) != Some(Place::Taken) {
             return false;
         }
-        self.placed.remove(id);
+        self.set_place(id, None);
         match self.job(id).cloned() {
             Some(job) => self.put(job, now),
             None => false,
@@ -724,19 +755,20 @@ impl WriteModel {
             }
             self.timers.pop();
             // Only the entry the job is armed for counts; others are stale.
-            if self.placed.get(&id) != Some(&Place::Waiting(at)) {
+            if self.place(&id) != Some(Place::Waiting(at)) {
                 continue;
             }
-            let Some(job) = self.jobs.get(&id) else {
+            let Some(job) = self.job(&id) else {
                 continue;
             };
             match (&job.status, &job.lease) {
                 (Status::Leased, Some(l)) if l.expires_at <= now => {
+                    let lease_id = l.lease_id;
                     // Disarmed until the expiry is appended (or re-armed by `rewatch`).
-                    self.placed.remove(&id);
+                    self.set_place(&id, None);
                     due.push(Due::LeaseExpired {
                         job_id: id,
-                        lease_id: l.lease_id,
+                        lease_id,
                     });
                 }
                 (Status::Leased, Some(l)) => {
@@ -746,7 +778,7 @@ impl WriteModel {
                 (Status::Scheduled | Status::Pending, _)
                     if job.run_at <= now && !job.cancel_requested =>
                 {
-                    Self::place_ready(&mut self.ready, &mut self.placed, job);
+                    self.place_ready(&id);
                     made_ready += 1;
                 }
                 (Status::Scheduled | Status::Pending, _) if job.run_at > now => {
@@ -761,7 +793,7 @@ impl WriteModel {
                 break;
             }
             self.expiries.pop();
-            let waiting = self.jobs.get(&id).is_some_and(|j| {
+            let waiting = self.job(&id).is_some_and(|j| {
                 matches!(j.status, Status::Scheduled | Status::Pending)
                     && j.expires_at.is_some_and(|e| e <= now)
             });
@@ -786,7 +818,7 @@ impl WriteModel {
 
     /// Watches a waiting job's expiry again at `at` (its `JobExpired` append did not go through).
     pub fn rewatch_expiry(&mut self, id: &Uuid, at: DateTime<Utc>) {
-        if let Some(j) = self.jobs.get(id) {
+        if let Some(j) = self.job(id) {
             if matches!(j.status, Status::Scheduled | Status::Pending) && j.expires_at.is_some() {
                 self.expiries.push(Reverse((at, *id)));
             }
@@ -795,11 +827,8 @@ impl WriteModel {
 
     /// Re-arms the expiry watch of a leased job whose expiry append did not go through.
     pub fn rewatch(&mut self, id: &Uuid, at: DateTime<Utc>) {
-        let leased = self
-            .jobs
-            .get(id)
-            .is_some_and(|j| j.status == Status::Leased);
-        if leased && !self.placed.contains_key(id) {
+        let leased = self.job(id).is_some_and(|j| j.status == Status::Leased);
+        if leased && self.place(id).is_none() {
             self.arm(*id, at);
         }
     }
@@ -850,7 +879,7 @@ impl WriteModel {
 
     /// Every job the model holds (unfinished, and dead-lettered ones).
     pub fn jobs(&self) -> impl ExactSizeIterator<Item = &Job> {
-        self.jobs.values().map(|j| &**j)
+        self.jobs.values().map(|slot| &slot.job)
     }
 
     /// A model from a snapshot: its image, then every job placed at `now` as a replay would
@@ -882,7 +911,6 @@ impl WriteModel {
             model.bury(id, seq, status);
         }
         model.jobs.reserve(capacity);
-        model.placed.reserve(capacity);
         for job in jobs {
             model.put(job, now);
         }

@@ -87,7 +87,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             progress: None,
             result: None,
             last_error: None,
-            errors: Vec::new(),
+            errors: Box::default(),
             metadata: metadata.into(),
             cancel_requested: false,
             dead_lettered_at: None,
@@ -95,7 +95,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             expires_at: *expires_at,
             unique: unique.clone().map(Box::new),
             limits: limits.clone().map(Box::new),
-            depends_on: depends_on.clone(),
+            depends_on: depends_on.as_slice().into(),
             on_dependency_failure: *on_dependency_failure,
             version: 1,
             last_event_seq: rec.seq,
@@ -325,5 +325,7 @@ fn record_error(
         code: code.map(str::to_string),
     };
     j.last_error = Some(Box::new(e.clone()));
-    j.errors.push(e);
+    let mut errors = std::mem::take(&mut j.errors).into_vec();
+    errors.push(e);
+    j.errors = errors.into_boxed_slice();
 }

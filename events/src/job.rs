@@ -166,7 +166,9 @@ pub struct Job {
     #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Json>,
     pub last_error: Option<Box<JobError>>,
-    pub errors: Vec<JobError>,
+    // A boxed slice, not a `Vec`: 8 bytes less per job in the write model.
+    #[schema(value_type = Vec<JobError>)]
+    pub errors: Box<[JobError]>,
     #[schema(value_type = serde_json::Value)]
     pub metadata: Json,
     pub cancel_requested: bool,
@@ -182,8 +184,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Box<ConcurrencyLimit>>,
     /// Jobs that must complete before this one runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub depends_on: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "<[Uuid]>::is_empty")]
+    #[schema(value_type = Vec<Uuid>)]
+    pub depends_on: Box<[Uuid]>,
     /// What happens when one of them ends without completing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_dependency_failure: Option<DependencyFailure>,

@@ -34,6 +34,9 @@ pub struct Report {
     pub checkpoint: u64,
 }
 
+/// How long the replay waits for the stream's next message before it gives up.
+const READ_STALL: Duration = Duration::from_secs(60);
+
 /// Reads the stream from `start` to its current end in batches and sends each to `out`, so
 /// reading the next batch overlaps with writing the last. Returns how many messages it read.
 async fn replay(
@@ -59,9 +62,11 @@ async fn replay(
     let mut messages = consumer.messages().await?;
     let mut batch = Vec::with_capacity(BATCH);
     let mut count = 0;
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+    // Only a stream that stops answering ends the replay: a busy server (the bench saw one
+    // pause over 10 s while the live services caught up) is waited for.
+    while let Some(m) = tokio::time::timeout(READ_STALL, messages.next())
         .await
-        .context("reading the stream")?
+        .with_context(|| format!("reading the stream: no message for {READ_STALL:?}"))?
     {
         let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;

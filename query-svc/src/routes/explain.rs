@@ -38,7 +38,7 @@ async fn dependency_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiR
         "SELECT id, status FROM jobs WHERE tenant_id = $1 AND id = ANY($2) AND status <> 'completed' ORDER BY id",
     )
     .bind(tenant)
-    .bind(&job.depends_on)
+    .bind(&job.depends_on[..])
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
