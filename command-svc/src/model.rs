@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDequ
 
 use chrono::{DateTime, Utc};
 use events::platform::{LimitOverrides, PauseTarget, PlatformEvent};
-use events::{apply, ApplyError, Job, Recorded, Status};
+use events::{apply, ApplyError, Job, Name, Recorded, Status};
 use uuid::Uuid;
 
 type KeyLeased = HashMap<(Uuid, String), u32>;
@@ -132,7 +132,7 @@ pub struct WriteModel {
     /// Boxed: a hash table keeps up to half its slots empty, so inline jobs would cost twice
     /// their size in table (measured with 640-byte jobs: 2.6 KB of RSS per pending job).
     jobs: HashMap<Uuid, Box<Slot>>,
-    ready: HashMap<String, TypeIndex>,
+    ready: HashMap<Name, TypeIndex>,
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     /// Waiting jobs' `expires_at` (entries for jobs that moved on are skipped when due).
     expiries: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
@@ -373,7 +373,7 @@ impl WriteModel {
             .iter()
             .map(|(t, idx)| {
                 (
-                    t.clone(),
+                    t.to_string(),
                     idx.levels
                         .values()
                         .flat_map(|l| l.tenants.values())
@@ -594,14 +594,10 @@ impl WriteModel {
         };
         slot.place = Some(Place::Ready);
         let job = &slot.job;
-        if !self.ready.contains_key(&job.job_type) {
-            self.ready
-                .insert(job.job_type.clone(), TypeIndex::default());
-        }
         let level = self
             .ready
-            .get_mut(&job.job_type)
-            .expect("inserted above")
+            .entry(job.job_type.clone())
+            .or_default()
             .levels
             .entry(Reverse(job.priority))
             .or_default();
@@ -665,7 +661,7 @@ impl WriteModel {
         now: DateTime<Utc>,
     ) -> Option<Job> {
         let mut opens: Option<DateTime<Utc>> = None;
-        let accepts = |j: &Job| queues.is_none_or(|qs| qs.contains(&j.queue));
+        let accepts = |j: &Job| queues.is_none_or(|qs| qs.iter().any(|q| *q == j.queue));
         // Tenants at their concurrent-lease limit wait; the others are served. `pending`
         // counts jobs taken for leases not appended yet.
         let full: HashSet<Uuid> = self
@@ -681,7 +677,7 @@ impl WriteModel {
             for t in types {
                 let Some(level) = self
                     .ready
-                    .get_mut(t)
+                    .get_mut(t.as_str())
                     .and_then(|i| i.levels.get_mut(&Reverse(priority)))
                 else {
                     continue;
@@ -701,7 +697,7 @@ impl WriteModel {
                     }
                     let (key_leased, key_starts) = (&self.key_leased, &self.key_starts);
                     let mut open = |j: &Job| {
-                        paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.clone())))
+                        paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.to_string())))
                             // A key at its limit waits; the tenant's other jobs are served.
                             && j.limits.as_ref().is_none_or(|l| {
                                 let ok = key_open(key_leased, key_starts, tenant, l, now);

@@ -4,7 +4,7 @@
 use crate::envelope::Recorded;
 use crate::event::JobEvent;
 use crate::job::{Job, JobError, Lease, Status};
-use crate::Json;
+use crate::{Json, Name};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{event} cannot apply to a job that is {state}: {reason}")]
@@ -67,8 +67,8 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
         return Ok(Job {
             id: env.job_id,
             tenant_id: env.tenant_id,
-            job_type: job_type.clone(),
-            queue: queue.clone(),
+            job_type: Name::new(job_type),
+            queue: Name::new(queue),
             priority: *priority,
             payload: payload.into(),
             status: if *run_at <= at {
@@ -259,7 +259,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 j.max_attempts = *m;
             }
             if let Some(q) = queue {
-                j.queue = q.clone();
+                j.queue = Name::new(q);
             }
             j.status = if j.run_at <= at {
                 Status::Pending

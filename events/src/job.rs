@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{EventHash, Json};
+use crate::{EventHash, Json, Name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -147,8 +147,10 @@ pub struct Job {
     pub id: Uuid,
     pub tenant_id: Uuid,
     #[serde(rename = "type")]
-    pub job_type: String,
-    pub queue: String,
+    #[schema(value_type = String)]
+    pub job_type: Name,
+    #[schema(value_type = String)]
+    pub queue: Name,
     pub priority: u8,
     #[schema(value_type = serde_json::Value)]
     pub payload: Json,

@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod event;
 pub mod job;
 pub mod json;
+pub mod name;
 pub mod platform;
 pub mod schedule;
 pub mod stream;
@@ -25,3 +26,4 @@ pub use job::{
     Backoff, ConcurrencyLimit, DependencyFailure, Job, JobError, Lease, Status, UniqueSpec,
 };
 pub use json::Json;
+pub use name::Name;

@@ -72,7 +72,7 @@ pub async fn state(a: StateArgs) -> anyhow::Result<()> {
         let s = j.status_at(a.at).as_str();
         *counts.entry(s).or_default() += 1;
         *by_type
-            .entry(j.job_type.clone())
+            .entry(j.job_type.to_string())
             .or_default()
             .entry(s)
             .or_default() += 1;

@@ -256,8 +256,8 @@ impl Rows {
     fn push(&mut self, j: &Job) {
         self.id.push(j.id);
         self.tenant_id.push(j.tenant_id);
-        self.job_type.push(j.job_type.clone());
-        self.queue.push(j.queue.clone());
+        self.job_type.push(j.job_type.to_string());
+        self.queue.push(j.queue.to_string());
         self.priority.push(j.priority as i16);
         self.status.push(j.status.as_str().to_string());
         self.run_at.push(j.run_at);
@@ -489,7 +489,10 @@ async fn apply_batch_split(
     for rec in &history {
         if let JobEvent::Leased { worker_id, .. } = &rec.envelope.event {
             if let Some(job) = state.get(&rec.envelope.job_id) {
-                activity.insert(job.job_type.clone(), (rec.envelope.at, worker_id.clone()));
+                activity.insert(
+                    job.job_type.to_string(),
+                    (rec.envelope.at, worker_id.clone()),
+                );
             }
         }
     }

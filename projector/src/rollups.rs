@@ -44,13 +44,13 @@ impl Rollups {
         if let Some(b) = before {
             *self
                 .counts
-                .entry((tenant, b.job_type.clone(), b.status.as_str()))
+                .entry((tenant, b.job_type.to_string(), b.status.as_str()))
                 .or_default() -= 1;
         }
         if let Some(a) = after {
             *self
                 .counts
-                .entry((tenant, a.job_type.clone(), a.status.as_str()))
+                .entry((tenant, a.job_type.to_string(), a.status.as_str()))
                 .or_default() += 1;
         }
         let at = rec.envelope.at;

@@ -151,7 +151,7 @@ async fn tenant_metrics_equal_the_figures_computed_from_the_stream() {
     for j in jobs.values() {
         let s = j.status_at(now).as_str();
         *counts.entry(s).or_default() += 1;
-        *by_type.entry((j.job_type.clone(), s)).or_default() += 1;
+        *by_type.entry((j.job_type.to_string(), s)).or_default() += 1;
     }
     let d = &m["data"];
     for s in events::Status::ALL {

@@ -68,8 +68,8 @@ async fn paused_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResul
          ORDER BY kind",
     )
     .bind(tenant)
-    .bind(&job.queue)
-    .bind(&job.job_type)
+    .bind(job.queue.as_str())
+    .bind(job.job_type.as_str())
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
@@ -197,7 +197,7 @@ async fn explain(
                    AND (priority > $4 OR (priority = $4 AND (run_at, created_at, id) < ($5, $6, $3)))",
             )
             .bind(user.tenant_id())
-            .bind(&job.job_type)
+            .bind(job.job_type.as_str())
             .bind(job.id)
             .bind(job.priority as i16)
             .bind(job.run_at)
@@ -214,7 +214,7 @@ async fn explain(
                 ));
             }
             let last: Option<(DateTime<Utc>,)> = sqlx::query_as("SELECT last_leased_at FROM job_type_activity WHERE type = $1")
-                .bind(&job.job_type)
+                .bind(job.job_type.as_str())
                 .fetch_optional(&s.pool)
                 .await
                 .map_err(db_error)?;
