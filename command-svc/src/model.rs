@@ -609,13 +609,15 @@ impl WriteModel {
     }
 
     fn unplace(&mut self, id: &Uuid) {
-        if self.place(id) != Some(Place::Ready) {
-            return;
-        }
-        self.set_place(id, None);
-        let Some(job) = self.jobs.get(id).map(|slot| &slot.job) else {
+        let Some(slot) = self
+            .jobs
+            .get_mut(id)
+            .filter(|s| s.place == Some(Place::Ready))
+        else {
             return;
         };
+        slot.place = None;
+        let job = &slot.job;
         let (priority, tenant, key) = (job.priority, job.tenant_id, ready_key(job));
         let Some(idx) = self.ready.get_mut(&job.job_type) else {
             return;

@@ -66,36 +66,6 @@ impl AsRef<str> for Name {
     }
 }
 
-impl From<&str> for Name {
-    fn from(s: &str) -> Self {
-        Name::new(s)
-    }
-}
-
-impl From<&String> for Name {
-    fn from(s: &String) -> Self {
-        Name::new(s)
-    }
-}
-
-impl From<String> for Name {
-    fn from(s: String) -> Self {
-        Name::new(&s)
-    }
-}
-
-impl From<Name> for String {
-    fn from(n: Name) -> Self {
-        n.0.to_string()
-    }
-}
-
-impl PartialEq<str> for Name {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
         *self.0 == **other
@@ -111,12 +81,6 @@ impl PartialEq<String> for Name {
 impl PartialEq<Name> for String {
     fn eq(&self, other: &Name) -> bool {
         **self == *other.0
-    }
-}
-
-impl PartialEq<Name> for str {
-    fn eq(&self, other: &Name) -> bool {
-        *self == *other.0
     }
 }
 
