@@ -72,6 +72,10 @@ struct Args {
     /// Rebuild the read model (the stack's REBUILD_COMMAND) at the end and report events/s.
     #[arg(long)]
     rebuild: bool,
+    /// For profiling: run only the paced cycle at this many jobs/s (after draining) and print
+    /// its lease latency percentiles, nothing else.
+    #[arg(long)]
+    paced_only: Option<f64>,
 }
 
 /// One stack under test.
@@ -373,6 +377,57 @@ async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> 
     Ok(1)
 }
 
+/// When each cycle job was acknowledged to its producer and when it reached a worker.
+#[derive(Default)]
+struct Handoff {
+    acked: Mutex<std::collections::HashMap<Uuid, Instant>>,
+    handed: Mutex<std::collections::HashMap<Uuid, Instant>>,
+}
+
+impl Handoff {
+    /// Acknowledged to in a worker's hands, for the jobs acknowledged from `from` on. A worker
+    /// can hold a job before its producer has read the answer: that counts as 0.
+    fn latencies(&self, from: Instant) -> Lat {
+        let lat = Lat::default();
+        let handed = self.handed.lock().expect("lock");
+        for (id, acked) in self.acked.lock().expect("lock").iter() {
+            if *acked < from {
+                continue;
+            }
+            if let Some(h) = handed.get(id) {
+                lat.add(h.saturating_duration_since(*acked));
+            }
+        }
+        lat
+    }
+}
+
+/// Enqueues one cycle job and notes when it was acknowledged (its id from `Location`).
+async fn enqueue_handed(c: &Ctx, lat: &Lat, handoff: &Handoff) -> anyhow::Result<u64> {
+    let t = Instant::now();
+    let res = c
+        .http
+        .post(format!("{}/jobs/v1/enqueue", c.gateway))
+        .bearer_auth(&c.token)
+        .json(&payload(CYCLE_TYPE))
+        .send()
+        .await?;
+    let acked = Instant::now();
+    if res.status() != 201 {
+        bail!("enqueue answered {}", res.status());
+    }
+    lat.add(acked - t);
+    let id: Uuid = res
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.rsplit('/').next())
+        .and_then(|i| i.parse().ok())
+        .context("an enqueue answer without a job Location")?;
+    handoff.acked.lock().expect("lock").insert(id, acked);
+    Ok(1)
+}
+
 /// Enqueues `n` jobs of `job_type` in one batch; returns how many and the last event sequence.
 async fn enqueue_batch(c: &Ctx, n: usize, job_type: &str) -> anyhow::Result<(u64, u64)> {
     let jobs: Vec<Value> = (0..n).map(|_| payload(job_type)).collect();
@@ -576,6 +631,27 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     });
     let s = args.seconds;
     let mut f = serde_json::Map::new();
+    if let Some(rate) = args.paced_only {
+        let wc = worker_client(args)?;
+        drain(&wc, &stack.worker_url).await?;
+        eprintln!("bench: lease latency at {rate} jobs/s, only");
+        let paced = cycle(&ctx, &wc, stack, args, Some(rate)).await?;
+        for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            f.insert(
+                format!("lease_latency_{name}_ms"),
+                json!(paced.lease.pct_ms(p)),
+            );
+            f.insert(
+                format!("lease_latency_{name}_ms_from_created"),
+                json!(paced.lease_from_created.pct_ms(p)),
+            );
+        }
+        f.insert(
+            "projection_lag_p99_ms".into(),
+            json!(paced.lag.pct_ms(0.99)),
+        );
+        return Ok(Value::Object(f));
+    }
 
     if args.seed > 0 {
         let rss_before = stack.command_rss();
@@ -698,12 +774,20 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         json!(paced.lease.pct_ms(0.99)),
     );
     f.insert(
+        "lease_latency_p99_ms_at_100_per_s_from_created".into(),
+        json!(paced.lease_from_created.pct_ms(0.99)),
+    );
+    f.insert(
         "lease_latency_p50_ms_at_half_cycle_rate".into(),
         json!(half.lease.pct_ms(0.5)),
     );
     f.insert(
         "lease_latency_p99_ms_at_half_cycle_rate".into(),
         json!(half.lease.pct_ms(0.99)),
+    );
+    f.insert(
+        "lease_latency_p99_ms_at_half_cycle_rate_from_created".into(),
+        json!(half.lease_from_created.pct_ms(0.99)),
     );
     f.insert("projection_lag_p99_ms".into(), json!(full.lag.pct_ms(0.99)));
     f.insert(
@@ -825,8 +909,11 @@ struct Cycle {
     rate: f64,
     /// Jobs completed in the whole phase (warm-up included).
     completed: u64,
-    /// Job `created_at` to the job in a worker's hands.
+    /// Enqueue acknowledged to the job in a worker's hands, after the warm-up.
     lease: Arc<Lat>,
+    /// The job's `created_at` (before its append) to the job in a worker's hands, after the
+    /// warm-up: the stricter figure, which also counts the enqueue's own append.
+    lease_from_created: Arc<Lat>,
     /// Enqueue acknowledged to readable through query-svc.
     lag: Arc<Lat>,
     /// Lag samples whose read did not answer 200 (query-svc waits at most 5 s for
@@ -844,17 +931,22 @@ async fn cycle(
     per_s: Option<f64>,
 ) -> anyhow::Result<Cycle> {
     let s = args.seconds;
-    let lease_lat = Arc::new(Lat::default());
+    // Latencies count from the end of the warm-up, like the rate: the first requests also open
+    // the workers' TLS connections.
+    let warm_from = Instant::now() + Duration::from_secs_f64(s * 0.2);
+    let from_created = Arc::new(Lat::default());
+    let handoff = Arc::new(Handoff::default());
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.workers)
         .map(|_| {
-            let (wc, url, stop, completed, lease_lat) = (
+            let (wc, url, stop, completed, from_created, handoff) = (
                 wc.clone(),
                 stack.worker_url.clone(),
                 stop.clone(),
                 completed.clone(),
-                lease_lat.clone(),
+                from_created.clone(),
+                handoff.clone(),
             );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -869,14 +961,19 @@ async fn cycle(
                     let Ok(v) = r.json::<Value>().await else {
                         continue;
                     };
-                    let now = chrono::Utc::now();
+                    let (now, in_hand) = (chrono::Utc::now(), Instant::now());
                     let jobs = v["data"]["jobs"].as_array().cloned().unwrap_or_default();
                     for j in &jobs {
+                        if let Some(id) = j["id"].as_str().and_then(|i| i.parse().ok()) {
+                            handoff.handed.lock().expect("lock").insert(id, in_hand);
+                        }
                         if let Some(created) = j["created_at"]
                             .as_str()
                             .and_then(|c| c.parse::<chrono::DateTime<chrono::Utc>>().ok())
                         {
-                            lease_lat.add((now - created).to_std().unwrap_or_default());
+                            if Instant::now() >= warm_from {
+                                from_created.add((now - created).to_std().unwrap_or_default());
+                            }
                         }
                     }
                     // A worker runs the jobs it holds at once (no-op jobs), completing each.
@@ -959,10 +1056,10 @@ async fn cycle(
     let producer_lat = Arc::new(Lat::default());
     match per_s {
         None => {
-            let (c, lat) = (ctx.clone(), producer_lat.clone());
+            let (c, lat, h) = (ctx.clone(), producer_lat.clone(), handoff.clone());
             drive(args.concurrency / 4 + 1, s, move || {
-                let (c, lat) = (c.clone(), lat.clone());
-                async move { enqueue_one(&c, &lat, CYCLE_TYPE).await }
+                let (c, lat, h) = (c.clone(), lat.clone(), h.clone());
+                async move { enqueue_handed(&c, &lat, &h).await }
             })
             .await;
         }
@@ -973,10 +1070,10 @@ async fn cycle(
             let mut sent = FuturesUnordered::new();
             while Instant::now() < deadline {
                 tick.tick().await;
-                let (c, lat) = (ctx.clone(), producer_lat.clone());
-                sent.push(tokio::spawn(async move {
-                    enqueue_one(&c, &lat, CYCLE_TYPE).await
-                }));
+                let (c, lat, h) = (ctx.clone(), producer_lat.clone(), handoff.clone());
+                sent.push(tokio::spawn(
+                    async move { enqueue_handed(&c, &lat, &h).await },
+                ));
             }
             while let Some(r) = sent.next().await {
                 if let Ok(Err(e)) = r {
@@ -994,7 +1091,8 @@ async fn cycle(
     Ok(Cycle {
         rate,
         completed: completed.load(Ordering::Relaxed),
-        lease: lease_lat,
+        lease: Arc::new(handoff.latencies(warm_from)),
+        lease_from_created: from_created,
         lag,
         lag_unanswered: unanswered.load(Ordering::Relaxed),
     })

@@ -36,6 +36,14 @@ pub struct Config {
     /// save (docs/performance.md); turn it on where fsync, not CPU, is the bound (slow disks).
     #[arg(long, env = "JOBS_GROUP_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub group_commit: bool,
+    /// A lease of several jobs appends their `JobLeased` events as one atomic batch (`true`)
+    /// instead of as single appends sent together (`false`, the default). NATS stages every
+    /// atomic batch in a file store of its own (files written with `O_SYNC`, directories
+    /// fsynced): measured on this project's machine, the single appends cost the server less
+    /// CPU with either sync setting, and the cycle ran 5-30 % faster (docs/performance.md).
+    /// An atomic batch saves fsyncs only where the server syncs every write and fsync is slow.
+    #[arg(long, env = "JOBS_ATOMIC_LEASES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub atomic_leases: bool,
     /// Directory of the write model's snapshot: written at graceful shutdown, read at start so
     /// that only the events after it are replayed (a restart with a million pending jobs in
     /// seconds, not a replay of the whole stream). A cache: one that does not fit the stream

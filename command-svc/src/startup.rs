@@ -112,6 +112,7 @@ impl Application {
             js.clone(),
             EngineMetrics::new(&metrics),
             plans,
+            config.atomic_leases,
         );
         engine.schedules.register(&metrics);
         if let Some(dir) = &config.snapshot_dir {

@@ -95,6 +95,7 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         // On in every in-process command-svc of the suite: its default is off (measured,
         // docs/performance.md), and this way every test also runs the batched path.
         group_commit: true,
+        atomic_leases: false,
         snapshot_dir: None,
         snapshot_seconds: 300,
         nats: nats_args(nats_url),

@@ -341,11 +341,23 @@ async fn heartbeats_extend_failures_retry_and_exhausted_jobs_dead_letter() {
 }
 
 #[tokio::test]
-async fn two_instances_and_eight_workers_complete_every_job_exactly_once() {
+async fn three_instances_and_nine_workers_complete_every_job_exactly_once() {
     let app = TestApp::spawn().await;
-    let second = tests::start_command(&app.nats.url(), &app.keys)
-        .await
-        .unwrap();
+    // A lease of several jobs is appended three ways, racing each other for the same jobs:
+    // the suite's instance hands its single appends to group commit; the second sends them
+    // together as single appends (the default); the third as one atomic batch.
+    let single = command_svc::Config {
+        group_commit: false,
+        ..tests::command_config(&app.nats.url(), &app.keys)
+    };
+    assert!(!single.atomic_leases);
+    let second = tests::start_command_with(single.clone()).await.unwrap();
+    let third = tests::start_command_with(command_svc::Config {
+        atomic_leases: true,
+        ..single
+    })
+    .await
+    .unwrap();
     let total = 5000;
     let mut acknowledged = Vec::new();
     for chunk in 0..total / 500 {
@@ -359,13 +371,13 @@ async fn two_instances_and_eight_workers_complete_every_job_exactly_once() {
                 .map(|j| j["id"].as_str().unwrap().parse::<Uuid>().unwrap()),
         );
     }
-    let workers: Vec<_> = (0..8)
+    let workers: Vec<_> = (0..9)
         .map(|i| {
-            let port = if i % 2 == 0 {
-                app.command.worker_port
-            } else {
-                second.worker_port
-            };
+            let port = [
+                app.command.worker_port,
+                second.worker_port,
+                third.worker_port,
+            ][i % 3];
             let w = Worker::new(
                 port,
                 &Tls::get().worker_pem(&format!("w{i}")),
@@ -426,14 +438,42 @@ async fn two_instances_and_eight_workers_complete_every_job_exactly_once() {
     );
     let retried = jobs.values().filter(|j| !j.errors.is_empty()).count();
     assert!(retried > 0, "some jobs failed and were retried");
-    let by_both = recs
+    let leased_by = recs
         .iter()
         .filter(|r| matches!(r.envelope.event, events::JobEvent::Leased { .. }))
         .map(|r| r.envelope.actor.id.clone())
         .collect::<std::collections::HashSet<_>>();
-    assert_eq!(by_both.len(), 8, "all eight workers leased");
+    assert_eq!(leased_by.len(), 9, "all nine workers leased");
+    // Every way was taken: on each instance some lease call held several jobs (their
+    // `JobLeased` events share the worker and the call's time).
+    let mut per_call: HashMap<(String, chrono::DateTime<chrono::Utc>), usize> = HashMap::new();
+    for r in &recs {
+        if let events::JobEvent::Leased { worker_id, .. } = &r.envelope.event {
+            *per_call
+                .entry((worker_id.clone(), r.envelope.at))
+                .or_default() += 1;
+        }
+    }
+    for instance in 0..3 {
+        let most = per_call
+            .iter()
+            .filter(|((w, _), _)| {
+                let i: usize = w
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .parse()
+                    .unwrap_or_else(|_| panic!("worker id {w}"));
+                i % 3 == instance
+            })
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap();
+        assert!(
+            most > 1,
+            "instance {instance} leased at most one job per call"
+        );
+    }
     tests::assert_invariants(&app.nats.url(), &app.db.url, &acknowledged).await;
-    drop(second);
+    drop((second, third));
 }
 
 #[tokio::test]
