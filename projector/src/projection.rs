@@ -233,8 +233,10 @@ async fn record_workers(tx: &mut sqlx::PgConnection, recs: &[Recorded]) -> anyho
     Ok(())
 }
 
+/// The `jobs` rows of a batch, column by column. The document is bound as the job itself and
+/// serialized straight into the bind buffer (no `serde_json::Value` in between).
 #[derive(Default)]
-struct Rows {
+struct Rows<'a> {
     id: Vec<Uuid>,
     tenant_id: Vec<Uuid>,
     job_type: Vec<String>,
@@ -249,11 +251,11 @@ struct Rows {
     version: Vec<i64>,
     last_event_seq: Vec<i64>,
     lease_worker_id: Vec<Option<String>>,
-    doc: Vec<Value>,
+    doc: Vec<sqlx::types::Json<&'a Job>>,
 }
 
-impl Rows {
-    fn push(&mut self, j: &Job) {
+impl<'a> Rows<'a> {
+    fn push(&mut self, j: &'a Job) {
         self.id.push(j.id);
         self.tenant_id.push(j.tenant_id);
         self.job_type.push(j.job_type.to_string());
@@ -270,8 +272,7 @@ impl Rows {
         self.last_event_seq.push(j.last_event_seq as i64);
         self.lease_worker_id
             .push(j.lease.as_ref().map(|l| l.worker_id.clone()));
-        self.doc
-            .push(serde_json::to_value(j).expect("a job always serializes"));
+        self.doc.push(sqlx::types::Json(j));
     }
 }
 
@@ -330,7 +331,7 @@ pub struct History {
     event_id: Vec<Uuid>,
     kind: Vec<String>,
     at: Vec<DateTime<Utc>>,
-    actor: Vec<Value>,
+    actor: Vec<sqlx::types::Json<events::Actor>>,
     data: Vec<Value>,
     purged: Vec<Uuid>,
 }
@@ -349,7 +350,7 @@ impl History {
             at: events.iter().map(|r| r.envelope.at).collect(),
             actor: events
                 .iter()
-                .map(|r| serde_json::to_value(&r.envelope.actor).expect("serializes"))
+                .map(|r| sqlx::types::Json(r.envelope.actor.clone()))
                 .collect(),
             data: events.iter().map(|r| r.envelope.event.data()).collect(),
             purged,
@@ -440,13 +441,15 @@ async fn apply_batch_split(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let docs: Vec<Value> = sqlx::query_scalar("SELECT doc FROM jobs WHERE id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut state: HashMap<Uuid, Job> = HashMap::new();
-    for d in docs {
-        let j: Job = serde_json::from_value(d).context("a stored job does not decode")?;
+    // Each document decodes straight into a job (no `serde_json::Value` in between).
+    let docs: Vec<sqlx::types::Json<Job>> =
+        sqlx::query_scalar("SELECT doc FROM jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .context("reading the batch's jobs (a stored job that does not decode?)")?;
+    let mut state: HashMap<Uuid, Job> = HashMap::with_capacity(docs.len());
+    for sqlx::types::Json(j) in docs {
         state.insert(j.id, j);
     }
 
