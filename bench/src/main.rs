@@ -362,6 +362,16 @@ where
 }
 
 async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> {
+    enqueue_answered(c, lat, job_type).await.map(|_| 1)
+}
+
+/// Enqueues one job of `job_type`, its latency into `lat`; returns the 201 answer and when it
+/// came.
+async fn enqueue_answered(
+    c: &Ctx,
+    lat: &Lat,
+    job_type: &str,
+) -> anyhow::Result<(reqwest::Response, Instant)> {
     let t = Instant::now();
     let res = c
         .http
@@ -370,11 +380,12 @@ async fn enqueue_one(c: &Ctx, lat: &Lat, job_type: &str) -> anyhow::Result<u64> 
         .json(&payload(job_type))
         .send()
         .await?;
+    let acked = Instant::now();
     if res.status() != 201 {
         bail!("enqueue answered {}", res.status());
     }
-    lat.add(t.elapsed());
-    Ok(1)
+    lat.add(acked - t);
+    Ok((res, acked))
 }
 
 /// When each cycle job was acknowledged to its producer and when it reached a worker.
@@ -404,19 +415,7 @@ impl Handoff {
 
 /// Enqueues one cycle job and notes when it was acknowledged (its id from `Location`).
 async fn enqueue_handed(c: &Ctx, lat: &Lat, handoff: &Handoff) -> anyhow::Result<u64> {
-    let t = Instant::now();
-    let res = c
-        .http
-        .post(format!("{}/jobs/v1/enqueue", c.gateway))
-        .bearer_auth(&c.token)
-        .json(&payload(CYCLE_TYPE))
-        .send()
-        .await?;
-    let acked = Instant::now();
-    if res.status() != 201 {
-        bail!("enqueue answered {}", res.status());
-    }
-    lat.add(acked - t);
+    let (res, acked) = enqueue_answered(c, lat, CYCLE_TYPE).await?;
     let id: Uuid = res
         .headers()
         .get("location")
@@ -971,7 +970,7 @@ async fn cycle(
                             .as_str()
                             .and_then(|c| c.parse::<chrono::DateTime<chrono::Utc>>().ok())
                         {
-                            if Instant::now() >= warm_from {
+                            if in_hand >= warm_from {
                                 from_created.add((now - created).to_std().unwrap_or_default());
                             }
                         }

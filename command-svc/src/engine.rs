@@ -332,8 +332,9 @@ impl Engine {
     ///
     /// With `atomic_leases`, as one atomic batch: one write to the event store instead of one
     /// each, which saves fsyncs where the server syncs every write. If any job was moved the
-    /// batch is refused whole, and each is then appended on its own. Without, as single
-    /// appends sent together and answered each: NATS stages every atomic batch in a store of
+    /// batch is refused whole, and the events then go out as without it. Without (and for a
+    /// single job), as single appends sent together and answered each ([`Self::append_each`]):
+    /// NATS stages every atomic batch in a store of
     /// its own on disk (files written with `O_SYNC`, directories fsynced), which costs more
     /// than it saves where the server does not sync every write.
     async fn append_leases(
@@ -342,32 +343,8 @@ impl Engine {
         actor: &Actor,
         at: DateTime<Utc>,
     ) -> Result<Vec<Job>, AppendError> {
-        if let [(job, event)] = batch {
-            return self
-                .append(job, vec![event.clone()], actor, at)
-                .await
-                .map(|j| vec![j]);
-        }
-        if !self.atomic_leases {
-            let appended = futures::future::join_all(
-                batch
-                    .iter()
-                    .map(|(job, event)| self.append(job, vec![event.clone()], actor, at)),
-            )
-            .await;
-            let mut jobs = Vec::with_capacity(batch.len());
-            let mut failure = None;
-            for a in appended {
-                match a {
-                    Ok(j) => jobs.push(j),
-                    Err(AppendError::Conflict) => {}
-                    Err(e) => failure = Some(e),
-                }
-            }
-            return match failure {
-                Some(e) if jobs.is_empty() => Err(e),
-                _ => Ok(jobs),
-            };
+        if batch.len() == 1 || !self.atomic_leases {
+            return self.append_each(batch, actor, at).await;
         }
         let envs: Vec<Envelope> = batch
             .iter()
@@ -390,19 +367,37 @@ impl Engine {
                 }
                 Ok(jobs)
             }
-            Err(AppendError::Conflict) => {
-                let mut jobs = Vec::new();
-                for (job, event) in batch {
-                    match self.append(job, vec![event.clone()], actor, at).await {
-                        Ok(j) => jobs.push(j),
-                        Err(AppendError::Conflict) => {}
-                        Err(e) if jobs.is_empty() => return Err(e),
-                        Err(_) => break,
-                    }
-                }
-                Ok(jobs)
-            }
+            Err(AppendError::Conflict) => self.append_each(batch, actor, at).await,
             Err(e) => Err(e),
+        }
+    }
+
+    /// Appends each job's event on its own, all sent together and answered each; returns the
+    /// jobs leased (one another instance moved first is skipped), or the error when none was.
+    async fn append_each(
+        &self,
+        batch: &[(Job, JobEvent)],
+        actor: &Actor,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Job>, AppendError> {
+        let appended = futures::future::join_all(
+            batch
+                .iter()
+                .map(|(job, event)| self.append(job, vec![event.clone()], actor, at)),
+        )
+        .await;
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for a in appended {
+            match a {
+                Ok(j) => jobs.push(j),
+                Err(AppendError::Conflict) => {}
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) if jobs.is_empty() => Err(e),
+            _ => Ok(jobs),
         }
     }
 
