@@ -83,8 +83,8 @@ impl EngineMetrics {
 
 pub struct Engine {
     model: Mutex<WriteModel>,
-    /// Fired when jobs become ready: long-polling leases wait on it.
-    pub ready: Notify,
+    /// Long-polling leases waiting for a job: each job made ready wakes one.
+    pub waiters: crate::waiters::Waiters,
     /// Fired when a timer may have moved earlier.
     pub timers: Notify,
     /// The stream sequence the model reflects (advanced by the follower).
@@ -136,7 +136,7 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             model: Mutex::new(WriteModel::default()),
-            ready: Notify::new(),
+            waiters: Default::default(),
             timers: Notify::new(),
             position: watch::channel(0).0,
             caught_up: AtomicBool::new(false),
@@ -176,6 +176,19 @@ impl Engine {
             .expect("the write model lock is never poisoned")
     }
 
+    /// Changes the model with `f`, then wakes one waiting lease for each job it made ready.
+    pub fn update<R>(&self, f: impl FnOnce(&mut WriteModel) -> R) -> R {
+        let (r, woken) = {
+            let mut m = self.model();
+            let r = f(&mut m);
+            (r, m.take_woken())
+        };
+        if !woken.is_empty() {
+            self.waiters.wake(woken);
+        }
+        r
+    }
+
     /// Replaces the model with one restored from a snapshot at `position` (before the
     /// follower starts: it then follows from there).
     pub fn install(&self, model: WriteModel, position: u64) {
@@ -190,11 +203,8 @@ impl Engine {
     /// Folds an event in (from the follower, or a new job from this instance).
     pub fn fold(&self, rec: &Recorded) -> Option<crate::model::Folded> {
         use crate::model::Folded;
-        match self.model().fold(rec, common::now()) {
+        match self.update(|m| m.fold(rec, common::now())) {
             Ok(f) => {
-                if f == (Folded::Applied { ready: true }) {
-                    self.ready.notify_waiters();
-                }
                 if matches!(f, Folded::Applied { .. }) {
                     self.timers.notify_one();
                 }
@@ -403,10 +413,7 @@ impl Engine {
 
     /// Takes a job's state into the model unless it already holds a later one.
     pub fn absorb(&self, job: Job) {
-        let ready = self.model().offer(job, common::now());
-        if ready {
-            self.ready.notify_waiters();
-        }
+        self.update(|m| m.offer(job, common::now()));
         self.timers.notify_one();
     }
 
@@ -605,9 +612,8 @@ impl Engine {
             return Ok(Vec::new());
         }
         loop {
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Registered before looking: a job made ready after the look wakes this lease.
+            let waiting = self.waiters.register(types, queues);
             // Whatever this attempt takes from the index goes back if it is not leased — even
             // when the request is dropped mid-way (the client went away).
             let mut taken = Taken {
@@ -694,7 +700,9 @@ impl Engine {
                 .and_then(|at| (at - common::now()).to_std().ok())
                 .map(|d| (tokio::time::Instant::now() + d).min(deadline))
                 .unwrap_or(deadline);
-            if tokio::time::timeout_at(wake, notified).await.is_err()
+            if tokio::time::timeout_at(wake, waiting.woken())
+                .await
+                .is_err()
                 && tokio::time::Instant::now() >= deadline
             {
                 return Ok(leased);
@@ -727,16 +735,11 @@ impl Drop for Taken<'_> {
             return;
         }
         let now = common::now();
-        let mut any = false;
-        {
-            let mut m = self.engine.model();
+        self.engine.update(|m| {
             for id in &self.ids {
-                any |= m.release(id, now);
+                m.release(id, now);
             }
-        }
-        if any {
-            self.engine.ready.notify_waiters();
-        }
+        });
         self.engine.timers.notify_one();
     }
 }

@@ -90,7 +90,7 @@ async fn follow_once(engine: &Arc<Engine>, stop: &CancellationToken) -> anyhow::
                 // A resumed queue or type (or undrained worker): waiting workers may take
                 // its jobs now.
                 if matches!(env.event.pause(), Some((_, _, false))) {
-                    engine.ready.notify_waiters();
+                    engine.waiters.wake_all();
                 }
             }
             // Written by a newer version: stop here until this one is upgraded.
@@ -215,7 +215,7 @@ fn mark_caught_up(engine: &Engine) {
             jobs = engine.model().live_jobs(),
             "write model caught up"
         );
-        engine.ready.notify_waiters();
+        engine.waiters.wake_all();
     }
 }
 
@@ -228,9 +228,9 @@ fn look_again(
     at: chrono::DateTime<chrono::Utc>,
 ) {
     match cmd {
-        Command::Expire => engine.model().rewatch_expiry(&job_id, at),
-        Command::Cancel { .. } => engine.model().recheck(&job_id, at),
-        _ => engine.model().rewatch(&job_id, at),
+        Command::Expire => engine.update(|m| m.rewatch_expiry(&job_id, at)),
+        Command::Cancel { .. } => engine.update(|m| m.recheck(&job_id, at)),
+        _ => engine.update(|m| m.rewatch(&job_id, at)),
     }
 }
 
@@ -238,10 +238,7 @@ fn look_again(
 pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
     loop {
         let now = common::now();
-        let (made_ready, due, next) = engine.model().tick(now);
-        if made_ready > 0 {
-            engine.ready.notify_waiters();
-        }
+        let (_, due, next) = engine.update(|m| m.tick(now));
         for d in due {
             let (job_id, cmd) = match d {
                 Due::LeaseExpired { job_id, lease_id } => {

@@ -18,6 +18,7 @@ pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod unique;
+pub mod waiters;
 
 pub use config::Config;
 pub use startup::Application;

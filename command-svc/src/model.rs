@@ -163,6 +163,9 @@ pub struct WriteModel {
     key_starts: KeyStarts,
     /// When a key skipped for its rate opens again (the earliest), for waiting lessees.
     pub rate_opens_at: Option<DateTime<Utc>>,
+    /// Jobs placed in the ready index since the engine last looked (`take_woken`): each wakes
+    /// one waiting lease.
+    woken: crate::waiters::Woken,
 }
 
 /// A tenant's jobs that count against its limits.
@@ -587,6 +590,11 @@ impl WriteModel {
         ready
     }
 
+    /// The jobs placed in the ready index since the last call (for waking waiting leases).
+    pub fn take_woken(&mut self) -> crate::waiters::Woken {
+        std::mem::take(&mut self.woken)
+    }
+
     /// Puts a held job in the ready index.
     fn place_ready(&mut self, id: &Uuid) {
         let Some(slot) = self.jobs.get_mut(id) else {
@@ -594,6 +602,7 @@ impl WriteModel {
         };
         slot.place = Some(Place::Ready);
         let job = &slot.job;
+        self.woken.push((job.job_type.clone(), job.queue.clone()));
         let level = self
             .ready
             .entry(job.job_type.clone())

@@ -85,7 +85,7 @@ async fn set_paused(
     let seq = append(state, user, event).await?;
     if !pause {
         // Long-polling workers may take the resumed work now.
-        state.engine.ready.notify_waiters();
+        state.engine.waiters.wake_all();
     }
     Ok(with_seq(envelope(StatusCode::OK, body), seq))
 }
