@@ -72,8 +72,8 @@ struct Args {
     /// Rebuild the read model (the stack's REBUILD_COMMAND) at the end and report events/s.
     #[arg(long)]
     rebuild: bool,
-    /// For profiling: run only the paced cycle at this many jobs/s (after draining) and print
-    /// its lease latency percentiles, nothing else.
+    /// For profiling: run only the paced cycle at this many jobs/s (after `--seed`'s jobs, when
+    /// asked, and draining) and print its lease latency percentiles, nothing else.
     #[arg(long)]
     paced_only: Option<f64>,
 }
@@ -630,28 +630,6 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     });
     let s = args.seconds;
     let mut f = serde_json::Map::new();
-    if let Some(rate) = args.paced_only {
-        let wc = worker_client(args)?;
-        drain(&wc, &stack.worker_url).await?;
-        eprintln!("bench: lease latency at {rate} jobs/s, only");
-        let paced = cycle(&ctx, &wc, stack, args, Some(rate)).await?;
-        for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
-            f.insert(
-                format!("lease_latency_{name}_ms"),
-                json!(paced.lease.pct_ms(p)),
-            );
-            f.insert(
-                format!("lease_latency_{name}_ms_from_created"),
-                json!(paced.lease_from_created.pct_ms(p)),
-            );
-        }
-        f.insert(
-            "projection_lag_p99_ms".into(),
-            json!(paced.lag.pct_ms(0.99)),
-        );
-        return Ok(Value::Object(f));
-    }
-
     if args.seed > 0 {
         let rss_before = stack.command_rss();
         let first = args.seed.min(10_000);
@@ -683,6 +661,28 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
                 json!(timed.map(|(stop, _)| r3(stop))),
             );
         }
+    }
+
+    if let Some(rate) = args.paced_only {
+        let wc = worker_client(args)?;
+        drain(&wc, &stack.worker_url).await?;
+        eprintln!("bench: lease latency at {rate} jobs/s, only");
+        let paced = cycle(&ctx, &wc, stack, args, Some(rate)).await?;
+        for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            f.insert(
+                format!("lease_latency_{name}_ms"),
+                json!(paced.lease.pct_ms(p)),
+            );
+            f.insert(
+                format!("lease_latency_{name}_ms_from_created"),
+                json!(paced.lease_from_created.pct_ms(p)),
+            );
+        }
+        f.insert(
+            "projection_lag_p99_ms".into(),
+            json!(paced.lag.pct_ms(0.99)),
+        );
+        return Ok(Value::Object(f));
     }
 
     eprintln!("bench: raw JetStream publishes");
