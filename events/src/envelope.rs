@@ -86,15 +86,23 @@ impl Envelope {
 
     /// Decodes an envelope of any known schema version, upcasting older ones.
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let raw: serde_json::Value = serde_json::from_slice(bytes)?;
-        let version = raw
-            .get("schema_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(1) as u32;
+        /// Only the version, the rest skipped unread: an event of this version decodes
+        /// straight from the bytes, with no `serde_json::Value` in between (the follower and
+        /// the projector decode every event).
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default)]
+            schema_version: Option<serde_json::Value>,
+        }
+        let peek: Version = serde_json::from_slice(bytes)?;
+        let version = peek.schema_version.and_then(|v| v.as_u64()).unwrap_or(1) as u32;
         if version > SCHEMA_VERSION {
             return Err(DecodeError::TooNew(version));
         }
-        let mut raw = raw;
+        if version == SCHEMA_VERSION {
+            return Ok(serde_json::from_slice(bytes)?);
+        }
+        let mut raw: serde_json::Value = serde_json::from_slice(bytes)?;
         // Upcasters, one per version step, on the raw JSON. `schema_version` keeps the version
         // the event was written in (its hash is over what was written).
         if version < 2 {

@@ -21,6 +21,13 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "JOBS_PROJECTOR_BATCH", default_value_t = 500)]
     pub batch_size: usize,
+    /// `rebuild`: events per transaction of the replay.
+    #[arg(long, env = "JOBS_REBUILD_BATCH", default_value_t = 5000)]
+    pub rebuild_batch: usize,
+    /// `rebuild`: jobs a generation of the replay's job cache holds (at least 4 batches'
+    /// worth is used); a job out of the cache is read back from the new tables.
+    #[arg(long, env = "JOBS_REBUILD_CACHE_JOBS", default_value_t = 50_000)]
+    pub rebuild_cache_jobs: usize,
     /// Vacuum and analyze the read model from the projector: `auto` (when the server's
     /// autovacuum is off), `always`, or `never`.
     #[arg(

@@ -14,11 +14,12 @@ async fn main() {
         match rebuild(&config).await {
             Ok(r) => {
                 println!(
-                    "rebuilt the read model: {} events in {:.2} s ({:.0} events/s), checkpoint {}",
+                    "rebuilt the read model: {} events in {:.2} s ({:.0} events/s), checkpoint {}, {} jobs read back",
                     r.events,
                     r.seconds,
                     r.events as f64 / r.seconds.max(1e-9),
-                    r.checkpoint
+                    r.checkpoint,
+                    r.read_back
                 );
                 return;
             }
@@ -54,5 +55,6 @@ async fn rebuild(config: &Config) -> anyhow::Result<projector::rebuild::Report> 
     )
     .await?;
     let js = common::nats::jetstream(&client);
-    projector::rebuild::rebuild(&config.database_url, &js).await
+    let tuning = projector::rebuild::Tuning::new(config.rebuild_batch, config.rebuild_cache_jobs);
+    projector::rebuild::rebuild(&config.database_url, &js, tuning).await
 }

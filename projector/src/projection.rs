@@ -309,19 +309,6 @@ pub async fn apply_batch_in(
     Ok(out)
 }
 
-/// [`apply_batch`], except that the batch's `job_events` rows (and the purges of earlier
-/// ones) are returned instead of written: for a replay that writes them on a connection of
-/// its own, in the same order, so the result is the same.
-pub async fn apply_batch_deferring(
-    pool: &PgPool,
-    batch: &[Incoming],
-) -> anyhow::Result<(Outcome, History)> {
-    let mut tx = begin_locked(pool).await?;
-    let applied = apply_batch_split(&mut tx, batch).await?;
-    tx.commit().await.context("committing the batch")?;
-    Ok(applied)
-}
-
 /// A batch's rows for `job_events`, and the jobs whose whole history it purged.
 #[derive(Debug, Default)]
 pub struct History {
@@ -394,114 +381,229 @@ async fn apply_batch_split(
     tx: &mut sqlx::PgConnection,
     batch: &[Incoming],
 ) -> anyhow::Result<(Outcome, History)> {
-    let checkpoint: i64 =
-        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-    let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq as i64 > checkpoint).collect();
-    let Some(last) = fresh.iter().map(|m| m.seq).max() else {
+    let checkpoint = lock_checkpoint(tx).await?;
+    let fresh: Vec<&Incoming> = batch.iter().filter(|m| m.seq > checkpoint).collect();
+    let Some(decoded) = Decoded::new(&fresh)? else {
         let out = Outcome {
-            checkpoint: checkpoint as u64,
+            checkpoint,
             ..Default::default()
         };
         return Ok((out, History::default()));
     };
     // Every message of the stream comes through here, in order: a gap means messages were
     // lost on the way (e.g. across a reconnect); resume from the checkpoint instead.
-    if fresh
-        .first()
-        .is_some_and(|m| m.seq as i64 != checkpoint + 1)
-    {
+    if decoded.first != checkpoint + 1 {
         anyhow::bail!(Gap {
-            checkpoint: checkpoint as u64,
-            next: fresh[0].seq
+            checkpoint,
+            next: decoded.first
         });
     }
-    let mut recs: Vec<Recorded> = Vec::with_capacity(fresh.len());
-    let mut platform: Vec<PlatformEnvelope> = Vec::new();
-    let mut schedules = Vec::new();
-    for m in &fresh {
-        if let Some(r) = decode(m)? {
-            recs.push(r);
-        } else if let Some(p) = decode_platform(m)? {
-            platform.push(p);
-        } else if let Some(s) = crate::schedules::decode(m)? {
-            schedules.push(s);
-        }
-    }
-    apply_platform(&mut *tx, &platform).await?;
-    // Before the jobs: a firing in this batch finds its schedule's row.
-    crate::schedules::apply(&mut *tx, &schedules).await?;
-    crate::schedules::record_runs(&mut *tx, &recs).await?;
-    record_workers(&mut *tx, &recs).await?;
+    let mut state = read_jobs(&mut *tx, &decoded.job_ids()).await?;
+    let folded = decoded.fold(&mut state);
+    write_folded(tx, folded).await
+}
 
-    let ids: Vec<Uuid> = recs
-        .iter()
-        .map(|r| r.envelope.job_id)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    // Each document decodes straight into a job (no `serde_json::Value` in between).
+/// The checkpoint, locked for this transaction.
+async fn lock_checkpoint(tx: &mut sqlx::PgConnection) -> anyhow::Result<u64> {
+    let checkpoint: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(checkpoint as u64)
+}
+
+/// The stored jobs among `ids`, each decoded straight into a job (no `serde_json::Value` in
+/// between).
+pub async fn read_jobs(
+    conn: &mut sqlx::PgConnection,
+    ids: &[Uuid],
+) -> anyhow::Result<HashMap<Uuid, Job>> {
     let docs: Vec<sqlx::types::Json<Job>> =
         sqlx::query_scalar("SELECT doc FROM jobs WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
+            .bind(ids)
+            .fetch_all(&mut *conn)
             .await
             .context("reading the batch's jobs (a stored job that does not decode?)")?;
-    let mut state: HashMap<Uuid, Job> = HashMap::with_capacity(docs.len());
-    for sqlx::types::Json(j) in docs {
-        state.insert(j.id, j);
-    }
+    Ok(docs
+        .into_iter()
+        .map(|sqlx::types::Json(j)| (j.id, j))
+        .collect())
+}
 
-    let mut out = Outcome::default();
-    let mut changed: HashSet<Uuid> = HashSet::new();
-    let mut purged: HashSet<Uuid> = HashSet::new();
-    let mut history: Vec<&Recorded> = Vec::new();
-    let mut rollups = crate::rollups::Rollups::default();
-    for rec in &recs {
-        let id = rec.envelope.job_id;
-        match apply(state.get(&id), rec) {
-            Ok(job) => {
-                out.applied += 1;
-                let purge = matches!(rec.envelope.event, JobEvent::Purged {});
-                rollups.record(rec, state.get(&id), (!purge).then_some(&job));
-                if purge {
-                    purged.insert(id);
-                    state.remove(&id);
-                    changed.remove(&id);
-                } else {
-                    state.insert(id, job);
-                    changed.insert(id);
-                }
-                history.push(rec);
-            }
-            Err(e) => {
-                out.refused += 1;
-                tracing::error!(seq = rec.seq, job_id = %id, error = %e, "event refused by apply; skipped");
+/// A batch's messages after the checkpoint, decoded (a message that is none of these is
+/// skipped, as `decode` says).
+pub struct Decoded {
+    first: u64,
+    last: u64,
+    recs: Vec<Recorded>,
+    platform: Vec<PlatformEnvelope>,
+    schedules: Vec<events::schedule::ScheduleRecorded>,
+}
+
+impl Decoded {
+    /// None for an empty batch.
+    pub fn new(fresh: &[&Incoming]) -> anyhow::Result<Option<Self>> {
+        let (Some(first), Some(last)) = (fresh.first(), fresh.iter().map(|m| m.seq).max()) else {
+            return Ok(None);
+        };
+        let mut d = Self {
+            first: first.seq,
+            last,
+            recs: Vec::with_capacity(fresh.len()),
+            platform: Vec::new(),
+            schedules: Vec::new(),
+        };
+        for m in fresh {
+            if let Some(r) = decode(m)? {
+                d.recs.push(r);
+            } else if let Some(p) = decode_platform(m)? {
+                d.platform.push(p);
+            } else if let Some(s) = crate::schedules::decode(m)? {
+                d.schedules.push(s);
             }
         }
+        Ok(Some(d))
     }
 
-    rollups
+    /// The jobs the batch's events are about, each once.
+    pub fn job_ids(&self) -> Vec<Uuid> {
+        let mut seen = HashSet::with_capacity(self.recs.len());
+        self.recs
+            .iter()
+            .map(|r| r.envelope.job_id)
+            .filter(|id| seen.insert(*id))
+            .collect()
+    }
+
+    /// Folds the job events over `state`, which holds the batch's stored jobs (a job absent
+    /// from it is new) and afterwards each job as the batch left it (a purged one removed).
+    pub fn fold(self, state: &mut HashMap<Uuid, Job>) -> Folded {
+        let mut out = Outcome::default();
+        let mut changed: HashSet<Uuid> = HashSet::new();
+        let mut purged: HashSet<Uuid> = HashSet::new();
+        let mut history: Vec<&Recorded> = Vec::new();
+        let mut rollups = crate::rollups::Rollups::default();
+        for rec in &self.recs {
+            let id = rec.envelope.job_id;
+            match apply(state.get(&id), rec) {
+                Ok(job) => {
+                    out.applied += 1;
+                    let purge = matches!(rec.envelope.event, JobEvent::Purged {});
+                    rollups.record(rec, state.get(&id), (!purge).then_some(&job));
+                    if purge {
+                        purged.insert(id);
+                        state.remove(&id);
+                        changed.remove(&id);
+                    } else {
+                        state.insert(id, job);
+                        changed.insert(id);
+                    }
+                    history.push(rec);
+                }
+                Err(e) => {
+                    out.refused += 1;
+                    tracing::error!(seq = rec.seq, job_id = %id, error = %e, "event refused by apply; skipped");
+                }
+            }
+        }
+        // The last lease per job type, for `explain`.
+        let mut activity: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();
+        for rec in &history {
+            if let JobEvent::Leased { worker_id, .. } = &rec.envelope.event {
+                if let Some(job) = state.get(&rec.envelope.job_id) {
+                    activity.insert(
+                        job.job_type.to_string(),
+                        (rec.envelope.at, worker_id.clone()),
+                    );
+                }
+            }
+        }
+        let jobs: Vec<Job> = changed
+            .iter()
+            .filter_map(|id| state.get(id).cloned())
+            .collect();
+        let history: Vec<&Recorded> = history
+            .into_iter()
+            .filter(|r| !purged.contains(&r.envelope.job_id))
+            .collect();
+        let purged: Vec<Uuid> = purged.into_iter().collect();
+        let history = History::new(&history, purged.clone());
+        Folded {
+            first: self.first,
+            last: self.last,
+            out,
+            jobs,
+            purged,
+            rollups,
+            activity,
+            history,
+            recs: self.recs,
+            platform: self.platform,
+            schedules: self.schedules,
+        }
+    }
+}
+
+impl Folded {
+    /// The jobs whose whole history the batch purged.
+    pub fn purged(&self) -> &[Uuid] {
+        &self.purged
+    }
+}
+
+/// A batch decoded and folded: what its transaction writes.
+pub struct Folded {
+    first: u64,
+    last: u64,
+    out: Outcome,
+    /// The jobs it changed, as it left them (purged ones aside).
+    jobs: Vec<Job>,
+    purged: Vec<Uuid>,
+    rollups: crate::rollups::Rollups,
+    activity: HashMap<String, (DateTime<Utc>, String)>,
+    history: History,
+    recs: Vec<Recorded>,
+    platform: Vec<PlatformEnvelope>,
+    schedules: Vec<events::schedule::ScheduleRecorded>,
+}
+
+/// Applies a batch folded ahead (by a replay that keeps the jobs it folds), in one
+/// transaction with the checkpoint, which must be right before it; returns its event history
+/// to write.
+pub async fn apply_folded(pool: &PgPool, folded: Folded) -> anyhow::Result<(Outcome, History)> {
+    let mut tx = begin_locked(pool).await?;
+    let checkpoint = lock_checkpoint(&mut tx).await?;
+    if folded.first != checkpoint + 1 {
+        anyhow::bail!(Gap {
+            checkpoint,
+            next: folded.first
+        });
+    }
+    let applied = write_folded(&mut tx, folded).await?;
+    tx.commit().await.context("committing the batch")?;
+    Ok(applied)
+}
+
+/// Writes a folded batch (but for its event history, which it returns) and moves the
+/// checkpoint to its end.
+async fn write_folded(
+    tx: &mut sqlx::PgConnection,
+    f: Folded,
+) -> anyhow::Result<(Outcome, History)> {
+    apply_platform(&mut *tx, &f.platform).await?;
+    // Before the jobs: a firing in this batch finds its schedule's row.
+    crate::schedules::apply(&mut *tx, &f.schedules).await?;
+    crate::schedules::record_runs(&mut *tx, &f.recs).await?;
+    record_workers(&mut *tx, &f.recs).await?;
+
+    f.rollups
         .write(&mut *tx)
         .await
         .context("updating the tenant rollups")?;
 
-    // The last lease per job type, for `explain`.
-    let mut activity: HashMap<String, (DateTime<Utc>, String)> = HashMap::new();
-    for rec in &history {
-        if let JobEvent::Leased { worker_id, .. } = &rec.envelope.event {
-            if let Some(job) = state.get(&rec.envelope.job_id) {
-                activity.insert(
-                    job.job_type.to_string(),
-                    (rec.envelope.at, worker_id.clone()),
-                );
-            }
-        }
-    }
-    if !activity.is_empty() {
+    if !f.activity.is_empty() {
         let (types, rest): (Vec<String>, Vec<(DateTime<Utc>, String)>) =
-            activity.into_iter().unzip();
+            f.activity.into_iter().unzip();
         let (at, worker): (Vec<DateTime<Utc>>, Vec<String>) = rest.into_iter().unzip();
         sqlx::query(
             "INSERT INTO job_type_activity (type, last_leased_at, last_worker_id)
@@ -518,8 +620,8 @@ async fn apply_batch_split(
     }
 
     let mut rows = Rows::default();
-    for id in &changed {
-        rows.push(&state[id]);
+    for j in &f.jobs {
+        rows.push(j);
     }
     if !rows.id.is_empty() {
         sqlx::query(
@@ -555,28 +657,23 @@ async fn apply_batch_split(
         .context("upserting jobs")?;
     }
 
-    let history: Vec<&Recorded> = history
-        .into_iter()
-        .filter(|r| !purged.contains(&r.envelope.job_id))
-        .collect();
-    let purged: Vec<Uuid> = purged.into_iter().collect();
-    if !purged.is_empty() {
+    if !f.purged.is_empty() {
         sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
-            .bind(&purged)
+            .bind(&f.purged)
             .execute(&mut *tx)
             .await?;
     }
-    let history = History::new(&history, purged);
 
     sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")
-        .bind(last as i64)
+        .bind(f.last as i64)
         .execute(&mut *tx)
         .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(NOTIFY_CHANNEL)
-        .bind(last.to_string())
+        .bind(f.last.to_string())
         .execute(&mut *tx)
         .await?;
-    out.checkpoint = last;
-    Ok((out, history))
+    let mut out = f.out;
+    out.checkpoint = f.last;
+    Ok((out, f.history))
 }

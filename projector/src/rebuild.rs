@@ -7,6 +7,7 @@
 //!    and drop the old one. Readers see the old tables until the commit and the new ones after;
 //!    dropping the old tables makes every cached statement re-resolve its tables.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,18 +19,42 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
+
+use events::Job;
 
 use crate::projection::{
-    apply_batch_deferring, apply_batch_in, History, Incoming, NOTIFY_CHANNEL, PROJECTION_LOCK,
+    apply_batch_in, apply_folded, read_jobs, Decoded, Folded, History, Incoming, NOTIFY_CHANNEL,
+    PROJECTION_LOCK,
 };
 
-/// Messages per transaction while replaying.
-const BATCH: usize = 5000;
+/// How a replay batches and caches.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Messages per transaction.
+    batch: usize,
+    /// Jobs a generation of the [`JobCache`] holds.
+    generation: usize,
+}
+
+impl Tuning {
+    /// `batch` messages per transaction (at least 1); a cache generation of `cache_jobs`, or
+    /// [`IN_FLIGHT`] + 2 batches' worth if that is more (see [`JobCache`]).
+    pub fn new(batch: usize, cache_jobs: usize) -> Self {
+        let batch = batch.max(1);
+        Self {
+            batch,
+            generation: cache_jobs.max((IN_FLIGHT + 2) * batch),
+        }
+    }
+}
 
 /// What a rebuild did.
 #[derive(Debug)]
 pub struct Report {
     pub events: u64,
+    /// Jobs the replay read back from the new tables (out of its cache).
+    pub read_back: u64,
     pub seconds: f64,
     pub checkpoint: u64,
 }
@@ -42,6 +67,7 @@ const READ_STALL: Duration = Duration::from_secs(60);
 async fn replay(
     js: &JetStream,
     start: u64,
+    size: usize,
     out: mpsc::Sender<Vec<Incoming>>,
 ) -> anyhow::Result<u64> {
     let stream = js
@@ -60,7 +86,7 @@ async fn replay(
         return Ok(0);
     }
     let mut messages = consumer.messages().await?;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(size);
     let mut count = 0;
     // Only a stream that stops answering ends the replay: a busy server (the bench saw one
     // pause over 10 s while the live services caught up) is waited for.
@@ -78,8 +104,8 @@ async fn replay(
             traceparent: None,
         });
         count += 1;
-        if batch.len() >= BATCH || pending == 0 {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        if batch.len() >= size || pending == 0 {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(size));
             if out.send(full).await.is_err() {
                 // The writer stopped; its error is the one to report.
                 break;
@@ -92,17 +118,46 @@ async fn replay(
     Ok(count)
 }
 
-/// Replays the stream from `start` into `pool`'s tables on three lanes at once: reading the
-/// stream, folding the jobs (one connection), and writing the event history (another), each
-/// batch's history after the one before, as the live projector would.
-async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Result<u64> {
+/// Replays the stream from `start` into `pool`'s empty tables on four lanes at once: reading
+/// the stream, folding the jobs (kept in a [`JobCache`], so a batch's jobs need not be read
+/// back), writing the jobs (one connection), and writing the event history (another), each
+/// batch after the one before, as the live projector would.
+async fn replay_into(
+    js: &JetStream,
+    start: u64,
+    pool: &PgPool,
+    tuning: Tuning,
+) -> anyhow::Result<(u64, u64)> {
     let (tx, mut rx) = mpsc::channel::<Vec<Incoming>>(4);
+    // At most this many folded batches wait for their writer: the cache keeps every job a
+    // batch not yet committed touched (see `JobCache`).
+    let (folded_tx, mut folded_rx) = mpsc::channel::<Folded>(IN_FLIGHT);
     let (history_tx, mut history_rx) = mpsc::channel::<History>(4);
-    // The reader and the history writer are tasks of their own, so their work runs on the
-    // other core.
+    // The reader, the folder and the history writer are tasks of their own, so their work
+    // runs on the other core.
     let reader = AbortOnDropHandle::new(tokio::spawn({
         let js = js.clone();
-        async move { replay(&js, start, tx).await }
+        async move { replay(&js, start, tuning.batch, tx).await }
+    }));
+    let folder = AbortOnDropHandle::new(tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut cache = JobCache::with_generation(tuning.generation);
+            while let Some(batch) = rx.recv().await {
+                let fresh: Vec<&Incoming> = batch.iter().collect();
+                let Some(decoded) = Decoded::new(&fresh)? else {
+                    continue;
+                };
+                let mut state = cache.take(&pool, &decoded.job_ids()).await?;
+                let folded = decoded.fold(&mut state);
+                cache.put(state, folded.purged());
+                if folded_tx.send(folded).await.is_err() {
+                    // The writer stopped; its error is the one to report.
+                    break;
+                }
+            }
+            Ok::<_, anyhow::Error>(cache.read_back)
+        }
     }));
     let history = AbortOnDropHandle::new(tokio::spawn({
         let pool = pool.clone();
@@ -115,8 +170,8 @@ async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Resul
         }
     }));
     let write = async move {
-        while let Some(batch) = rx.recv().await {
-            let (_, history) = apply_batch_deferring(pool, &batch).await?;
+        while let Some(folded) = folded_rx.recv().await {
+            let (_, history) = apply_folded(pool, folded).await?;
             if history_tx.send(history).await.is_err() {
                 // The history writer stopped; its error is the one to report.
                 break;
@@ -124,12 +179,162 @@ async fn replay_into(js: &JetStream, start: u64, pool: &PgPool) -> anyhow::Resul
         }
         Ok::<_, anyhow::Error>(())
     };
-    let (events, (), ()) = tokio::try_join!(
+    let (events, read_back, (), ()) = tokio::try_join!(
         async { reader.await.context("the stream reader failed")? },
+        async { folder.await.context("the folder failed")? },
         write,
         async { history.await.context("the history writer failed")? },
     )?;
-    Ok(events)
+    Ok((events, read_back))
+}
+
+/// Folded batches waiting for the jobs writer, at most.
+const IN_FLIGHT: usize = 2;
+
+/// Evicted jobs remembered by id (so a job never seen is known to be new without a read)
+/// up to this many; beyond, every job not in the cache is read back.
+const EVICTED_IDS: usize = 4_000_000;
+
+/// The jobs a replay folded lately, so the next batch's jobs come from memory rather than
+/// being read back from the tables it is writing.
+///
+/// Two generations: the jobs a batch touches go to the young one; when it holds a
+/// generation's worth of jobs (`Tuning`: 50,000 by default, and never under [`IN_FLIGHT`] + 2
+/// batches' worth) it becomes the old one and the old one is dropped. A job dropped so was
+/// last touched before a whole generation of other jobs, so at least [`IN_FLIGHT`] + 2
+/// batches before the one being folded, while at most [`IN_FLIGHT`] + 1 folded batches wait
+/// for their commit: its write is committed, and reading it back gives its latest state. A job
+/// the replay never saw is not in the (empty) tables, and is not read; nor is a purged one.
+struct JobCache {
+    young: HashMap<Uuid, Job>,
+    old: HashMap<Uuid, Job>,
+    /// Jobs the young generation holds before it becomes the old one.
+    generation: usize,
+    /// Jobs dropped from the cache (while `evicted_overflow` is false).
+    evicted: HashSet<Uuid>,
+    evicted_overflow: bool,
+    purged: HashSet<Uuid>,
+    /// Jobs read back so far.
+    read_back: u64,
+}
+
+impl JobCache {
+    fn with_generation(generation: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            generation,
+            evicted: HashSet::new(),
+            evicted_overflow: false,
+            purged: HashSet::new(),
+            read_back: 0,
+        }
+    }
+
+    /// The jobs among `ids` as the replay left them (a job absent is new or purged), taken
+    /// out of the cache: dropped ones are read back from `pool`.
+    async fn take(&mut self, pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Job>> {
+        let (mut state, read) = self.take_cached(ids);
+        if !read.is_empty() {
+            let mut conn = pool.acquire().await?;
+            let jobs = read_jobs(&mut conn, &read).await?;
+            self.read_back += jobs.len() as u64;
+            state.extend(jobs);
+        }
+        Ok(state)
+    }
+
+    /// The cached jobs among `ids`, taken out, and the ones to read back (dropped from the
+    /// cache; neither new nor purged).
+    fn take_cached(&mut self, ids: &[Uuid]) -> (HashMap<Uuid, Job>, Vec<Uuid>) {
+        let mut state = HashMap::with_capacity(ids.len());
+        let mut read = Vec::new();
+        for id in ids {
+            if let Some(j) = self.young.remove(id).or_else(|| self.old.remove(id)) {
+                state.insert(*id, j);
+            } else if !self.purged.contains(id)
+                && (self.evicted_overflow || self.evicted.contains(id))
+            {
+                read.push(*id);
+            }
+        }
+        (state, read)
+    }
+
+    /// Keeps a batch's jobs as it left them, and remembers the ones it purged.
+    fn put(&mut self, state: HashMap<Uuid, Job>, purged: &[Uuid]) {
+        self.purged.extend(purged.iter().copied());
+        self.young.extend(state);
+        if self.young.len() >= self.generation {
+            let retired = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
+            if !self.evicted_overflow {
+                self.evicted.extend(retired.into_keys());
+                if self.evicted.len() > EVICTED_IDS {
+                    self.evicted = HashSet::new();
+                    self.evicted_overflow = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: Uuid) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "tenant_id": Uuid::nil(), "type": "t", "queue": "default", "priority": 5,
+            "payload": {}, "status": "pending", "attempts": 0, "max_attempts": 3,
+            "run_at": "2026-01-01T00:00:00Z", "timeout_seconds": 30,
+            "backoff": {"base_seconds": 1, "max_seconds": 60},
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "lease": null, "progress": null, "result": null, "last_error": null, "errors": [],
+            "metadata": {}, "cancel_requested": false, "dead_lettered_at": null,
+            "completed_at": null, "version": 1, "last_event_seq": 1
+        }))
+        .expect("a job")
+    }
+
+    fn batch(ids: &[Uuid]) -> HashMap<Uuid, Job> {
+        ids.iter().map(|id| (*id, job(*id))).collect()
+    }
+
+    #[test]
+    fn a_job_is_read_back_only_once_dropped_and_never_when_new_or_purged() {
+        let mut cache = JobCache::with_generation(4);
+        let (a, p) = (Uuid::new_v4(), Uuid::new_v4());
+        cache.put(batch(&[a]), &[]);
+        cache.put(HashMap::new(), &[p]);
+        // Recently folded: from memory.
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.contains_key(&a) && read.is_empty());
+        cache.put(state, &[]);
+        // New and purged jobs are known absent: nothing to read.
+        let new = Uuid::new_v4();
+        let (state, read) = cache.take_cached(&[new, p]);
+        assert!(state.is_empty() && read.is_empty());
+        // Two generations of other jobs later, `a` is dropped: it must be read back.
+        for _ in 0..2 {
+            let others: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+            cache.put(batch(&others), &[]);
+        }
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.is_empty());
+        assert_eq!(read, vec![a]);
+    }
+
+    #[test]
+    fn one_generation_of_other_jobs_does_not_drop_a_job() {
+        let mut cache = JobCache::with_generation(4);
+        let a = Uuid::new_v4();
+        cache.put(batch(&[a]), &[]);
+        let others: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        cache.put(batch(&others), &[]);
+        // The young generation filled and became the old one, `a` with it: still cached.
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.contains_key(&a) && read.is_empty());
+    }
 }
 
 /// Drops the secondary (non-unique) indexes of `schema`'s tables and returns their
@@ -173,7 +378,7 @@ async fn create_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result
 }
 
 /// Rebuilds the read model of `database_url` from the stream and swaps it in.
-pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Report> {
+pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyhow::Result<Report> {
     let started = Instant::now();
     let schema = format!("rebuild_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
     let options: PgConnectOptions = database_url.parse().context("JOBS_DATABASE_URL")?;
@@ -190,7 +395,7 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
         .execute(&admin)
         .await?;
     let fresh: PgPool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(3)
         // A replay that stops is started again from scratch, so its commits need not wait
         // for the disk; the swap below commits durably on its own connection.
         .connect_with(options.clone().options([
@@ -206,9 +411,17 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
             .context("migrating the new schema")?;
         // 1. Replay into the new schema, without its secondary indexes, then build them.
         let indexes = drop_secondary_indexes(&fresh, &schema).await?;
-        let mut events = replay_into(js, 1, &fresh).await?;
+        let replaying = Instant::now();
+        let (mut events, read_back) = replay_into(js, 1, &fresh, tuning).await?;
+        let replayed_s = replaying.elapsed().as_secs_f64();
         create_indexes(&fresh, &indexes).await?;
-        tracing::info!(schema, events, "replayed; swapping");
+        tracing::info!(
+            schema,
+            events,
+            replayed_s,
+            indexes_s = replaying.elapsed().as_secs_f64() - replayed_s,
+            "replayed and indexed; swapping"
+        );
         // 2. Catch up and swap, holding the projection lock.
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
         let mut tx = conn.begin().await?;
@@ -230,7 +443,8 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
             }
             Ok::<_, anyhow::Error>(())
         };
-        let (more, ()) = tokio::try_join!(replay(js, done as u64 + 1, sender), write)?;
+        let (more, ()) =
+            tokio::try_join!(replay(js, done as u64 + 1, tuning.batch, sender), write)?;
         events += more;
         let checkpoint: i64 =
             sqlx::query_scalar("SELECT last_seq FROM projector_checkpoint WHERE id = 1")
@@ -257,13 +471,14 @@ pub async fn rebuild(database_url: &str, js: &JetStream) -> anyhow::Result<Repor
         tx.commit()
             .await
             .context("swapping in the rebuilt read model")?;
-        Ok::<_, anyhow::Error>((events, checkpoint as u64))
+        Ok::<_, anyhow::Error>((events, read_back, checkpoint as u64))
     }
     .await;
     fresh.close().await;
     match result {
-        Ok((events, checkpoint)) => Ok(Report {
+        Ok((events, read_back, checkpoint)) => Ok(Report {
             events,
+            read_back,
             seconds: started.elapsed().as_secs_f64(),
             checkpoint,
         }),

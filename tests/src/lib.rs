@@ -123,6 +123,8 @@ pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
         projector_addr: local(0),
         database_url: db_url.to_string(),
         batch_size: 500,
+        rebuild_batch: 5000,
+        rebuild_cache_jobs: 50_000,
         // Tests that want it ask for it (see faults.rs); rounds would only slow the others.
         maintenance: projector::maintenance::Mode::Never,
         maintenance_seconds: 60,

@@ -579,6 +579,38 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         .await
         .unwrap();
     assert!(schemas.is_empty(), "the old tables are gone: {schemas:?}");
+
+    // Again with batches of 7 events and the smallest job cache (4 batches' worth): jobs
+    // leased long after their enqueue are read back from the new tables, and the tables
+    // still come out the same.
+    let out = tokio::process::Command::new(bin_path("projector"))
+        .arg("rebuild")
+        .env_clear()
+        .env("JOBS_NATS_URL", app.nats.url())
+        .env("JOBS_DATABASE_URL", &app.db.url)
+        .env("JOBS_REBUILD_BATCH", "7")
+        .env("JOBS_REBUILD_CACHE_JOBS", "1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    let read_back: u64 = report
+        .trim()
+        .strip_suffix(" jobs read back")
+        .and_then(|r| r.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the report says how many jobs were read back: {report}"));
+    assert!(read_back > 0, "{report}");
+    let again = dump(&pool).await;
+    for ((table, a), (_, b)) in before.iter().zip(&again) {
+        assert_eq!(a, b, "{table} differs after the rebuild with a small cache");
+    }
+
     // The live projector carries on in the new tables.
     let (job, seq) = app.enqueue(&email_job(1000)).await;
     let (status, got) = app
