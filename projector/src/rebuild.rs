@@ -278,65 +278,6 @@ impl JobCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(id: Uuid) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "tenant_id": Uuid::nil(), "type": "t", "queue": "default", "priority": 5,
-            "payload": {}, "status": "pending", "attempts": 0, "max_attempts": 3,
-            "run_at": "2026-01-01T00:00:00Z", "timeout_seconds": 30,
-            "backoff": {"base_seconds": 1, "max_seconds": 60},
-            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
-            "lease": null, "progress": null, "result": null, "last_error": null, "errors": [],
-            "metadata": {}, "cancel_requested": false, "dead_lettered_at": null,
-            "completed_at": null, "version": 1, "last_event_seq": 1
-        }))
-        .expect("a job")
-    }
-
-    fn batch(ids: &[Uuid]) -> HashMap<Uuid, Job> {
-        ids.iter().map(|id| (*id, job(*id))).collect()
-    }
-
-    #[test]
-    fn a_job_is_read_back_only_once_dropped_and_never_when_new_or_purged() {
-        let mut cache = JobCache::with_generation(4);
-        let (a, p) = (Uuid::new_v4(), Uuid::new_v4());
-        cache.put(batch(&[a]), &[]);
-        cache.put(HashMap::new(), &[p]);
-        // Recently folded: from memory.
-        let (state, read) = cache.take_cached(&[a]);
-        assert!(state.contains_key(&a) && read.is_empty());
-        cache.put(state, &[]);
-        // New and purged jobs are known absent: nothing to read.
-        let new = Uuid::new_v4();
-        let (state, read) = cache.take_cached(&[new, p]);
-        assert!(state.is_empty() && read.is_empty());
-        // Two generations of other jobs later, `a` is dropped: it must be read back.
-        for _ in 0..2 {
-            let others: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
-            cache.put(batch(&others), &[]);
-        }
-        let (state, read) = cache.take_cached(&[a]);
-        assert!(state.is_empty());
-        assert_eq!(read, vec![a]);
-    }
-
-    #[test]
-    fn one_generation_of_other_jobs_does_not_drop_a_job() {
-        let mut cache = JobCache::with_generation(4);
-        let a = Uuid::new_v4();
-        cache.put(batch(&[a]), &[]);
-        let others: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-        cache.put(batch(&others), &[]);
-        // The young generation filled and became the old one, `a` with it: still cached.
-        let (state, read) = cache.take_cached(&[a]);
-        assert!(state.contains_key(&a) && read.is_empty());
-    }
-}
-
 /// Drops the secondary (non-unique) indexes of `schema`'s tables and returns their
 /// definitions. Upholding them row by row is most of a replay's cost in Postgres; built again
 /// in one pass each at the end ([`create_indexes`]), they come out the same. Primary keys and
@@ -488,5 +429,64 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
                 .await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: Uuid) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "tenant_id": Uuid::nil(), "type": "t", "queue": "default", "priority": 5,
+            "payload": {}, "status": "pending", "attempts": 0, "max_attempts": 3,
+            "run_at": "2026-01-01T00:00:00Z", "timeout_seconds": 30,
+            "backoff": {"base_seconds": 1, "max_seconds": 60},
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "lease": null, "progress": null, "result": null, "last_error": null, "errors": [],
+            "metadata": {}, "cancel_requested": false, "dead_lettered_at": null,
+            "completed_at": null, "version": 1, "last_event_seq": 1
+        }))
+        .expect("a job")
+    }
+
+    fn batch(ids: &[Uuid]) -> HashMap<Uuid, Job> {
+        ids.iter().map(|id| (*id, job(*id))).collect()
+    }
+
+    #[test]
+    fn a_job_is_read_back_only_once_dropped_and_never_when_new_or_purged() {
+        let mut cache = JobCache::with_generation(4);
+        let (a, p) = (Uuid::new_v4(), Uuid::new_v4());
+        cache.put(batch(&[a]), &[]);
+        cache.put(HashMap::new(), &[p]);
+        // Recently folded: from memory.
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.contains_key(&a) && read.is_empty());
+        cache.put(state, &[]);
+        // New and purged jobs are known absent: nothing to read.
+        let new = Uuid::new_v4();
+        let (state, read) = cache.take_cached(&[new, p]);
+        assert!(state.is_empty() && read.is_empty());
+        // Two generations of other jobs later, `a` is dropped: it must be read back.
+        for _ in 0..2 {
+            let others: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+            cache.put(batch(&others), &[]);
+        }
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.is_empty());
+        assert_eq!(read, vec![a]);
+    }
+
+    #[test]
+    fn one_generation_of_other_jobs_does_not_drop_a_job() {
+        let mut cache = JobCache::with_generation(4);
+        let a = Uuid::new_v4();
+        cache.put(batch(&[a]), &[]);
+        let others: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        cache.put(batch(&others), &[]);
+        // The young generation filled and became the old one, `a` with it: still cached.
+        let (state, read) = cache.take_cached(&[a]);
+        assert!(state.contains_key(&a) && read.is_empty());
     }
 }
