@@ -29,6 +29,7 @@ const MAX_RETRIES: usize = 5;
 #[derive(Clone)]
 pub struct EngineMetrics {
     pub ready_depth: IntGaugeVec,
+    pub leases_waiting: IntGauge,
     pub lease_wait: HistogramVec,
     pub lease_expiries: IntCounter,
     pub snapshot_position: IntGauge,
@@ -44,6 +45,11 @@ impl EngineMetrics {
                     "Jobs ready to lease in this instance's index, by job type.",
                 ),
                 &["job_type"],
+            )
+            .expect("valid"),
+            leases_waiting: IntGauge::new(
+                "jobs_leases_waiting",
+                "Long-polling leases waiting for a job in this instance.",
             )
             .expect("valid"),
             lease_wait: HistogramVec::new(
@@ -73,6 +79,7 @@ impl EngineMetrics {
             .expect("valid"),
         };
         m.register(&s.ready_depth);
+        m.register(&s.leases_waiting);
         m.register(&s.lease_wait);
         m.register(&s.lease_expiries);
         m.register(&s.snapshot_position);
@@ -136,7 +143,7 @@ impl Engine {
     ) -> Arc<Self> {
         Arc::new(Self {
             model: Mutex::new(WriteModel::default()),
-            waiters: Default::default(),
+            waiters: crate::waiters::Waiters::with_gauge(metrics.leases_waiting.clone()),
             timers: Notify::new(),
             position: watch::channel(0).0,
             caught_up: AtomicBool::new(false),

@@ -166,6 +166,9 @@ pub struct WriteModel {
     /// Jobs placed in the ready index since the engine last looked (`take_woken`): each wakes
     /// one waiting lease.
     woken: crate::waiters::Woken,
+    /// Tenants a lease passed over because of a limit (their concurrent leases, or a
+    /// concurrency key's): when one of their leases ends, the waiting leases look again.
+    starved: HashSet<Uuid>,
 }
 
 /// A tenant's jobs that count against its limits.
@@ -195,6 +198,7 @@ impl WriteModel {
 
     /// Stores (or, with None, removes) a job, keeping the tenant counts in step.
     fn store(&mut self, id: Uuid, job: Option<Job>) {
+        let still_leased = job.as_ref().is_some_and(|j| j.status == Status::Leased);
         let contribution = |j: &Job| {
             let active = matches!(
                 j.status,
@@ -260,6 +264,11 @@ impl WriteModel {
             if let Some(c) = self.counts.get_mut(&tenant) {
                 c.active -= active;
                 c.leased -= leased;
+            }
+            // A lease ended: a job its tenant's limit held back may be leasable now. Which
+            // one is not known here, so every waiting lease looks.
+            if leased == 1 && !still_leased && self.starved.remove(&tenant) {
+                self.woken.wake_all();
             }
             if let Some(k) = keyed(&old) {
                 if let Some(n) = self.key_leased.get_mut(&k) {
@@ -699,6 +708,7 @@ impl WriteModel {
                     };
                     level.rotation.push_back(tenant);
                     if full.contains(&tenant) {
+                        self.starved.insert(tenant);
                         continue;
                     }
                     // A tenant's paused type is skipped whole; its paused queues job by job.
@@ -707,12 +717,14 @@ impl WriteModel {
                         continue;
                     }
                     let (key_leased, key_starts) = (&self.key_leased, &self.key_starts);
+                    let mut key_closed = false;
                     let mut open = |j: &Job| {
                         paused.is_none_or(|p| !p.contains(&PauseTarget::Queue(j.queue.to_string())))
                             // A key at its limit waits; the tenant's other jobs are served.
                             && j.limits.as_ref().is_none_or(|l| {
                                 let ok = key_open(key_leased, key_starts, tenant, l, now);
                                 if !ok {
+                                    key_closed = true;
                                     if let Some(at) = rate_opens(key_starts, tenant, l, now) {
                                         opens = Some(opens.map_or(at, |o| o.min(at)));
                                     }
@@ -727,6 +739,9 @@ impl WriteModel {
                                 .is_some_and(|slot| accepts(&slot.job) && open(&slot.job))
                         })
                     });
+                    if key_closed {
+                        self.starved.insert(tenant);
+                    }
                     if let Some(id) = found {
                         self.unplace(&id);
                         self.set_place(&id, Some(Place::Taken));

@@ -52,6 +52,12 @@ impl Woken {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && !self.all
     }
+
+    /// Every waiting lease is to look (what became leasable is not known by type).
+    pub fn wake_all(&mut self) {
+        self.keys = Vec::new();
+        self.all = true;
+    }
 }
 
 struct Signal {
@@ -88,13 +94,29 @@ struct Inner {
 #[derive(Default)]
 pub struct Waiters {
     inner: Mutex<Inner>,
+    /// How many wait (`jobs_leases_waiting`).
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl Waiters {
+    /// Keeps `gauge` at the number of waiting leases.
+    pub fn with_gauge(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            inner: Default::default(),
+            gauge: Some(gauge),
+        }
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()
             .expect("the waiters lock is never poisoned")
+    }
+
+    fn count(&self, inner: &Inner) {
+        if let Some(g) = &self.gauge {
+            g.set(inner.waiting.len() as i64);
+        }
     }
 
     /// Registers a lease of `types` (and `queues`): until the registration is dropped, a job
@@ -113,6 +135,7 @@ impl Waiters {
             queues: queues.map(<[String]>::to_vec),
             signal: signal.clone(),
         });
+        self.count(&inner);
         Registration {
             waiters: self,
             id,
@@ -139,7 +162,9 @@ impl Waiters {
             let Some(at) = inner.waiting.iter().position(|e| e.matches(&key)) else {
                 return;
             };
-            inner.waiting.remove(at)
+            let entry = inner.waiting.remove(at);
+            self.count(&inner);
+            entry
         };
         if let Some(entry) = entry {
             *entry
@@ -153,7 +178,12 @@ impl Waiters {
 
     /// Wakes every waiting lease.
     pub fn wake_all(&self) {
-        let all = std::mem::take(&mut self.inner().waiting);
+        let all = {
+            let mut inner = self.inner();
+            let all = std::mem::take(&mut inner.waiting);
+            self.count(&inner);
+            all
+        };
         for entry in all {
             entry.signal.notify.notify_one();
         }
@@ -194,6 +224,7 @@ impl Drop for Registration<'_> {
             let mut inner = self.waiters.inner();
             if let Some(at) = inner.waiting.iter().position(|e| e.id == self.id) {
                 inner.waiting.remove(at);
+                self.waiters.count(&inner);
             }
         }
         let unused = self

@@ -840,3 +840,96 @@ async fn a_rate_per_key_spaces_its_leases_and_other_jobs_are_served_at_once() {
         );
     }
 }
+
+/// How many leases wait in the instance at `url` (its `jobs_leases_waiting` gauge).
+async fn leases_waiting(app: &TestApp, url: &str) -> i64 {
+    let text = app
+        .http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("jobs_leases_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the jobs_leases_waiting gauge")
+}
+
+/// A long-polling worker gets a job its tenant's limit (or its concurrency key) held back as
+/// soon as a lease of that tenant ends, not when its own wait runs out.
+#[tokio::test]
+async fn a_waiting_lease_gets_a_job_held_back_by_a_limit_as_soon_as_the_limit_frees() {
+    let app = TestApp::spawn().await;
+    let admin = app.keys.token(app.tenant, &["admin"]);
+    let res = app
+        .request(
+            Method::PUT,
+            &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
+            &admin,
+        )
+        .json(&json!({"max_concurrent_leases": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Two unkeyed jobs held back by the tenant's limit, then two sharing a key of one.
+    let cases = [
+        json!({"type": "held", "payload": {}}),
+        json!({"type": "keyed", "payload": {}, "limits": {"concurrency_key": "k", "max_concurrent": 1}}),
+    ];
+    for (round, body) in cases.iter().enumerate() {
+        if round == 1 {
+            let res = app
+                .request(
+                    Method::PUT,
+                    &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
+                    &admin,
+                )
+                .json(&json!({"max_concurrent_leases": 100}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+        let job_type = body["type"].as_str().unwrap().to_string();
+        let (first, _) = app.enqueue(body).await;
+        let (second, _) = app.enqueue(body).await;
+        let holder = app.worker(&format!("holder-{round}"));
+        let held = holder
+            .lease(&json!({"types": [job_type], "max_jobs": 1, "wait_seconds": 5}))
+            .await;
+        assert_eq!(held.len(), 1, "{job_type}: the first job is leased");
+        assert_eq!(held[0]["id"], first["id"]);
+        // The other worker finds the second job held back and waits (20 s at most).
+        let waiter = app.worker(&format!("waiter-{round}"));
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn({
+            let job_type = job_type.clone();
+            async move {
+                waiter
+                    .lease(&json!({"types": [job_type], "max_jobs": 1, "wait_seconds": 20}))
+                    .await
+            }
+        });
+        let base = app.command.url();
+        while leases_waiting(&app, &base).await < 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (status, body) = holder.complete(&held[0]).await;
+        assert_eq!(status, 200, "{body}");
+        let got = waiting.await.unwrap();
+        assert_eq!(
+            got.len(),
+            1,
+            "{job_type}: the waiting lease got the job once the limit freed"
+        );
+        assert_eq!(got[0]["id"], second["id"]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{job_type}: before its wait ran out"
+        );
+    }
+}
