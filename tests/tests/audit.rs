@@ -422,6 +422,26 @@ async fn statistics_targets(pool: &sqlx::PgPool) -> Vec<(String, String, i32)> {
     found
 }
 
+/// Runs `projector rebuild` against the app's stream and database (with `env` besides) without
+/// blocking this runtime; its report line.
+async fn rebuild(app: &TestApp, env: &[(&str, &str)]) -> String {
+    let out = tokio::process::Command::new(bin_path("projector"))
+        .arg("rebuild")
+        .env_clear()
+        .env("JOBS_NATS_URL", app.nats.url())
+        .env("JOBS_DATABASE_URL", &app.db.url)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     let app = TestApp::spawn().await;
@@ -532,20 +552,7 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         })
     };
     // Rebuild without blocking this runtime, so the queries go on meanwhile.
-    let out = tokio::process::Command::new(bin_path("projector"))
-        .arg("rebuild")
-        .env_clear()
-        .env("JOBS_NATS_URL", app.nats.url())
-        .env("JOBS_DATABASE_URL", &app.db.url)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8(out.stdout).unwrap();
+    let report = rebuild(&app, &[]).await;
     assert!(
         report.contains("events/s"),
         "the rate is reported: {report}"
@@ -583,22 +590,14 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     // Again with batches of 7 events and the smallest job cache (4 batches' worth): jobs
     // leased long after their enqueue are read back from the new tables, and the tables
     // still come out the same.
-    let out = tokio::process::Command::new(bin_path("projector"))
-        .arg("rebuild")
-        .env_clear()
-        .env("JOBS_NATS_URL", app.nats.url())
-        .env("JOBS_DATABASE_URL", &app.db.url)
-        .env("JOBS_REBUILD_BATCH", "7")
-        .env("JOBS_REBUILD_CACHE_JOBS", "1")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8(out.stdout).unwrap();
+    let report = rebuild(
+        &app,
+        &[
+            ("JOBS_REBUILD_BATCH", "7"),
+            ("JOBS_REBUILD_CACHE_JOBS", "1"),
+        ],
+    )
+    .await;
     let read_back: u64 = report
         .trim()
         .strip_suffix(" jobs read back")

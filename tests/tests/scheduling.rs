@@ -864,17 +864,16 @@ async fn leases_waiting(app: &TestApp, url: &str) -> i64 {
 async fn a_waiting_lease_gets_a_job_held_back_by_a_limit_as_soon_as_the_limit_frees() {
     let app = TestApp::spawn().await;
     let admin = app.keys.token(app.tenant, &["admin"]);
-    let res = app
-        .request(
+    let lease_limit = |n: u64| {
+        app.request(
             Method::PUT,
             &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
             &admin,
         )
-        .json(&json!({"max_concurrent_leases": 1}))
+        .json(&json!({ "max_concurrent_leases": n }))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    };
+    assert_eq!(lease_limit(1).await.unwrap().status(), 200);
     // Two unkeyed jobs held back by the tenant's limit, then two sharing a key of one.
     let cases = [
         json!({"type": "held", "payload": {}}),
@@ -882,17 +881,7 @@ async fn a_waiting_lease_gets_a_job_held_back_by_a_limit_as_soon_as_the_limit_fr
     ];
     for (round, body) in cases.iter().enumerate() {
         if round == 1 {
-            let res = app
-                .request(
-                    Method::PUT,
-                    &format!("/jobs/v1/admin/tenants/{}/overrides", app.tenant),
-                    &admin,
-                )
-                .json(&json!({"max_concurrent_leases": 100}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
+            assert_eq!(lease_limit(100).await.unwrap().status(), 200);
         }
         let job_type = body["type"].as_str().unwrap().to_string();
         let (first, _) = app.enqueue(body).await;
