@@ -598,9 +598,11 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         ],
     )
     .await;
+    // The report's own line (the log may print around it).
     let read_back: u64 = report
-        .trim()
-        .strip_suffix(" jobs read back")
+        .lines()
+        .find(|l| l.starts_with("rebuilt the read model:"))
+        .and_then(|l| l.trim().strip_suffix(" jobs read back"))
         .and_then(|r| r.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the report says how many jobs were read back: {report}"));
