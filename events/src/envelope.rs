@@ -91,7 +91,6 @@ impl Envelope {
         /// the projector decode every event).
         #[derive(Deserialize)]
         struct Version {
-            #[serde(default)]
             schema_version: Option<serde_json::Value>,
         }
         let peek: Version = serde_json::from_slice(bytes)?;

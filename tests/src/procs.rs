@@ -682,3 +682,24 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// Runs `projector rebuild` against `nats_url` and `database_url` (with `env` besides), without
+/// blocking the caller's runtime, and checks it succeeded; its standard output (the report line,
+/// and the log around it).
+pub async fn projector_rebuild(nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> String {
+    let out = tokio::process::Command::new(bin_path("projector"))
+        .arg("rebuild")
+        .env_clear()
+        .env("JOBS_NATS_URL", nats_url)
+        .env("JOBS_DATABASE_URL", database_url)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("projector rebuild runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("the report is text")
+}

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tests::procs::bin_path;
+use tests::procs::{bin_path, projector_rebuild};
 use tests::{all_events, email_job, TestApp};
 use uuid::Uuid;
 
@@ -422,26 +422,6 @@ async fn statistics_targets(pool: &sqlx::PgPool) -> Vec<(String, String, i32)> {
     found
 }
 
-/// Runs `projector rebuild` against the app's stream and database (with `env` besides) without
-/// blocking this runtime; its report line.
-async fn rebuild(app: &TestApp, env: &[(&str, &str)]) -> String {
-    let out = tokio::process::Command::new(bin_path("projector"))
-        .arg("rebuild")
-        .env_clear()
-        .env("JOBS_NATS_URL", app.nats.url())
-        .env("JOBS_DATABASE_URL", &app.db.url)
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     let app = TestApp::spawn().await;
@@ -552,7 +532,7 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         })
     };
     // Rebuild without blocking this runtime, so the queries go on meanwhile.
-    let report = rebuild(&app, &[]).await;
+    let report = projector_rebuild(&app.nats.url(), &app.db.url, &[]).await;
     assert!(
         report.contains("events/s"),
         "the rate is reported: {report}"
@@ -590,8 +570,9 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     // Again with batches of 7 events and the smallest job cache (4 batches' worth): jobs
     // leased long after their enqueue are read back from the new tables, and the tables
     // still come out the same.
-    let report = rebuild(
-        &app,
+    let report = projector_rebuild(
+        &app.nats.url(),
+        &app.db.url,
         &[
             ("JOBS_REBUILD_BATCH", "7"),
             ("JOBS_REBUILD_CACHE_JOBS", "1"),

@@ -251,19 +251,7 @@ async fn query_svc_reads_with_a_read_only_postgres_role_and_the_projector_owns_t
     ro.close().await;
 
     // A rebuild by the projector's role keeps the reader reading.
-    let out = tokio::process::Command::new(tests::procs::bin_path("projector"))
-        .arg("rebuild")
-        .env_clear()
-        .env("JOBS_NATS_URL", nats.url())
-        .env("JOBS_DATABASE_URL", with_user(&owner, &db))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tests::procs::projector_rebuild(&nats.url(), &with_user(&owner, &db), &[]).await;
     let res = http
         .get(format!(
             "{}/jobs/v1/jobs/{}",
