@@ -57,6 +57,13 @@ pub struct Config {
     /// holding the model for long; with a million jobs it takes a few seconds of CPU.
     #[arg(long, env = "JOBS_SNAPSHOT_SECONDS", default_value_t = 300)]
     pub snapshot_seconds: u64,
+    /// Bytes of waiting jobs' payloads kept in memory (the ones stored last). Older waiting
+    /// jobs keep only the stream sequence of the event that holds their payload, and a lease
+    /// (or any command that answers with the job) reads it back: one direct get per such job,
+    /// all of a lease's at once. Only a job that waited behind more than this many bytes of
+    /// payloads pays it. `max`: every payload stays in memory.
+    #[arg(long, env = "JOBS_PAYLOAD_MEMORY_BYTES", default_value = "16777216", value_parser = parse_budget)]
+    pub payload_memory_bytes: usize,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -65,4 +72,13 @@ pub struct Config {
     pub plans: PlanArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// A byte count, or `max` for no bound.
+fn parse_budget(s: &str) -> Result<usize, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(usize::MAX);
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is neither a number of bytes nor \"max\""))
 }

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::model::WriteModel;
+use crate::payloads;
 use crate::store::{AppendError, EventStore};
 
 /// How many times a command is re-decided after losing a race before answering 409.
@@ -34,6 +35,8 @@ pub struct EngineMetrics {
     pub lease_expiries: IntCounter,
     pub snapshot_position: IntGauge,
     pub snapshot_written_position: IntGauge,
+    pub payload_memory: IntGauge,
+    pub payload_reads: IntCounter,
 }
 
 impl EngineMetrics {
@@ -77,6 +80,17 @@ impl EngineMetrics {
                  (0: none yet).",
             )
             .expect("valid"),
+            payload_memory: IntGauge::new(
+                "jobs_payload_memory_bytes",
+                "Bytes counted for the waiting jobs' payloads this instance keeps in memory \
+                 (JOBS_PAYLOAD_MEMORY_BYTES bounds it).",
+            )
+            .expect("valid"),
+            payload_reads: IntCounter::new(
+                "jobs_payload_reads_total",
+                "Payloads read back from the stream for jobs whose payload was out of memory.",
+            )
+            .expect("valid"),
         };
         m.register(&s.ready_depth);
         m.register(&s.leases_waiting);
@@ -84,6 +98,8 @@ impl EngineMetrics {
         m.register(&s.lease_expiries);
         m.register(&s.snapshot_position);
         m.register(&s.snapshot_written_position);
+        m.register(&s.payload_memory);
+        m.register(&s.payload_reads);
         s
     }
 }
@@ -479,6 +495,36 @@ impl Engine {
         Ok(job)
     }
 
+    /// Puts back the payloads the model keeps out of memory (`crate::payloads`), each read
+    /// from the event that set it, all at once. Every job the engine hands out goes through
+    /// this first.
+    pub async fn with_payloads(&self, jobs: &mut [Job]) -> Result<(), ApiError> {
+        let missing: Vec<usize> = (0..jobs.len())
+            .filter(|&i| payloads::is_dropped(&jobs[i].payload))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let stream = self
+            .js
+            .get_stream_no_info(STREAM_NAME)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("event store: {e}")))?;
+        let reads = missing.iter().map(|&i| {
+            let (tenant, id, seq) = (jobs[i].tenant_id, jobs[i].id, jobs[i].payload_seq);
+            let stream = &stream;
+            async move { read_payload(stream, tenant, id, seq).await }
+        });
+        let found = futures::future::try_join_all(reads).await?;
+        self.metrics.payload_reads.inc_by(found.len() as u64);
+        let mut model = self.model();
+        for (i, payload) in missing.into_iter().zip(found) {
+            model.give_back_payload(&jobs[i].id, jobs[i].payload_seq, &payload);
+            jobs[i].payload = payload;
+        }
+        Ok(())
+    }
+
     /// The job as this instance knows it, scoped to `tenant` when given (another tenant's job
     /// is absent), loaded from the stream when the model does not hold it (a finished job).
     pub async fn current(
@@ -489,7 +535,10 @@ impl Engine {
         let held = self.model().job(&job_id).cloned();
         match (held, tenant) {
             (Some(j), Some(t)) if j.tenant_id != t => Ok(None),
-            (Some(j), _) => Ok(Some(j)),
+            (Some(mut j), _) => {
+                self.with_payloads(std::slice::from_mut(&mut j)).await?;
+                Ok(Some(j))
+            }
             (None, Some(t)) => self.load(t, job_id).await,
             (None, None) => Ok(None),
         }
@@ -696,6 +745,9 @@ impl Engine {
                     return Err(e.into());
                 }
             }
+            // Leased already: should the stream not answer, the leases run out and the jobs
+            // are offered again.
+            self.with_payloads(&mut leased).await?;
             if !leased.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(leased);
             }
@@ -717,9 +769,13 @@ impl Engine {
         }
     }
 
-    /// Refreshes the ready-depth gauge.
+    /// Refreshes the ready-depth and payload-memory gauges.
     pub fn observe(&self) {
-        let depth = self.model().ready_depth();
+        let (depth, kept) = {
+            let m = self.model();
+            (m.ready_depth(), m.kept_payload_bytes())
+        };
+        self.metrics.payload_memory.set(kept as i64);
         self.metrics.ready_depth.reset();
         for (t, n) in depth {
             self.metrics
@@ -727,6 +783,37 @@ impl Engine {
                 .with_label_values(&[&t])
                 .set(n as i64);
         }
+    }
+}
+
+/// The payload a job's event at `seq` set (its `JobEnqueued`, or a `JobUpdated` with one).
+async fn read_payload<I>(
+    stream: &jetstream::stream::Stream<I>,
+    tenant: Uuid,
+    id: Uuid,
+    seq: u64,
+) -> Result<events::Json, ApiError> {
+    let msg = stream
+        .direct_get(seq)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("event store: reading event {seq}: {e}")))?;
+    let internal =
+        |what: String| ApiError::Internal(anyhow::anyhow!("job {id}: event {seq} {what}"));
+    if msg.subject.as_str() != job_subject(tenant, id) {
+        return Err(internal(format!("is on {}", msg.subject)));
+    }
+    let env =
+        Envelope::from_json(&msg.payload).map_err(|e| internal(format!("does not decode: {e}")))?;
+    match env.event {
+        JobEvent::Enqueued { payload, .. }
+        | JobEvent::Updated {
+            payload: Some(payload),
+            ..
+        } => Ok(payload.into()),
+        other => Err(internal(format!(
+            "is a {}, which sets no payload",
+            other.type_name()
+        ))),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod limits;
 pub mod model;
+pub mod payloads;
 pub mod routes;
 pub mod scheduler;
 pub mod snapshot;

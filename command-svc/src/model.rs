@@ -16,6 +16,8 @@ use events::platform::{LimitOverrides, PauseTarget, PlatformEvent};
 use events::{apply, ApplyError, Job, Name, Recorded, Status};
 use uuid::Uuid;
 
+use crate::payloads::{self, Kept};
+
 type KeyLeased = HashMap<(Uuid, String), u32>;
 type KeyStarts = HashMap<(Uuid, String), VecDeque<DateTime<Utc>>>;
 
@@ -169,6 +171,8 @@ pub struct WriteModel {
     /// Tenants a lease passed over because of a limit (their concurrent leases, or a
     /// concurrency key's): when one of their leases ends, the waiting leases look again.
     starved: HashSet<Uuid>,
+    /// Waiting jobs whose payload is still in memory (`crate::payloads`).
+    kept: Kept,
 }
 
 /// A tenant's jobs that count against its limits.
@@ -243,7 +247,14 @@ impl WriteModel {
                         }
                     }
                 }
-                match self.jobs.get_mut(&id) {
+                let keep = self.kept.is_bounded()
+                    && matches!(j.status, Status::Scheduled | Status::Pending)
+                    && j.payload_seq != 0
+                    && !payloads::is_dropped(&j.payload);
+                if keep {
+                    self.kept.note(id, j.payload.as_str().len());
+                }
+                let old = match self.jobs.get_mut(&id) {
                     Some(slot) => Some(std::mem::replace(&mut slot.job, j)),
                     None => {
                         self.jobs.insert(
@@ -255,7 +266,11 @@ impl WriteModel {
                         );
                         None
                     }
+                };
+                if keep {
+                    self.drop_payloads();
                 }
+                old
             }
             None => self.jobs.remove(&id).map(|slot| slot.job),
         };
@@ -279,6 +294,50 @@ impl WriteModel {
                 }
             }
         }
+    }
+
+    /// Takes the payloads of the waiting jobs stored longest ago out of memory, while the
+    /// kept ones exceed their budget. A job leased (or finished) since keeps its payload.
+    fn drop_payloads(&mut self) {
+        while let Some(id) = self.kept.next_to_drop() {
+            if let Some(slot) = self.jobs.get_mut(&id) {
+                let job = &mut slot.job;
+                if matches!(job.status, Status::Scheduled | Status::Pending) && job.payload_seq != 0
+                {
+                    job.payload = payloads::dropped();
+                }
+            }
+        }
+    }
+
+    /// A payload read back from the stream for a job held here: a leased job keeps it in
+    /// memory again (its heartbeats and its completion answer with the job). A waiting job
+    /// does not: it stays out of memory as the budget decided.
+    pub fn give_back_payload(&mut self, id: &Uuid, payload_seq: u64, payload: &events::Json) {
+        if let Some(slot) = self.jobs.get_mut(id) {
+            let job = &mut slot.job;
+            if job.status == Status::Leased
+                && job.payload_seq == payload_seq
+                && payloads::is_dropped(&job.payload)
+            {
+                job.payload = payload.clone();
+            }
+        }
+    }
+
+    /// Keeps the payloads of waiting jobs in memory up to `bytes` (then reads them back from
+    /// the stream); unbounded by default.
+    pub fn set_payload_budget(&mut self, bytes: usize) {
+        self.kept = Kept::with_budget(bytes);
+    }
+
+    pub fn payload_budget(&self) -> usize {
+        self.kept.budget()
+    }
+
+    /// Bytes counted for the waiting jobs' payloads kept in memory.
+    pub fn kept_payload_bytes(&self) -> usize {
+        self.kept.bytes()
     }
 
     /// Folds a tenant or worker event in.
@@ -912,6 +971,7 @@ impl WriteModel {
         capacity: usize,
         jobs: impl IntoIterator<Item = Job>,
         now: DateTime<Utc>,
+        payload_budget: usize,
     ) -> Self {
         let mut model = WriteModel {
             overrides: image.overrides.into_iter().collect(),
@@ -927,6 +987,7 @@ impl WriteModel {
                 .into_iter()
                 .map(|(t, k, seq)| ((t, k), seq))
                 .collect(),
+            kept: Kept::with_budget(payload_budget),
             ..Default::default()
         };
         for (id, seq, status) in image.tombstones {

@@ -41,7 +41,9 @@ const MAGIC: &[u8; 8] = b"JOBSSNAP";
 ///
 /// 3: a job's payload, metadata, progress and result are strings of JSON text (`events::Json`),
 /// no longer MessagePack maps.
-const FORMAT: u32 = 3;
+/// 4: each job is a pair: the sequence of its payload's event (`Job::payload_seq`) and the
+/// job, whose payload is `null` when it was out of memory (`crate::payloads`).
+const FORMAT: u32 = 4;
 /// Jobs per chunk: the unit of parallel encoding and decoding.
 const CHUNK: usize = 8192;
 /// Jobs per chunk of a snapshot written while serving: the model's lock is held while one is
@@ -99,7 +101,8 @@ pub async fn restore(engine: &Engine, dir: &Path, stream: StreamState) {
     let started = std::time::Instant::now();
     let dir = dir.to_path_buf();
     let shown = dir.display().to_string();
-    match tokio::task::spawn_blocking(move || read(&dir, stream, common::now())).await {
+    let budget = engine.model().payload_budget();
+    match tokio::task::spawn_blocking(move || read(&dir, stream, common::now(), budget)).await {
         Ok(Ok(Some(r))) => {
             engine.schedules.restore(r.schedules);
             engine.install(r.model, r.position);
@@ -357,7 +360,7 @@ impl Writer {
         let encoded = parallel(chunks, self.threads, |chunk: &&[&Job]| {
             let mut buf = Vec::with_capacity(chunk.len() * 768);
             for job in chunk.iter() {
-                rmp_serde::encode::write_named(&mut buf, job)?;
+                rmp_serde::encode::write_named(&mut buf, &(job.payload_seq, job))?;
             }
             Ok::<_, rmp_serde::encode::Error>(buf)
         });
@@ -408,10 +411,12 @@ impl Writer {
 /// Reads the snapshot in `dir` if it fits `stream`: the same stream, which still holds every
 /// event after the snapshot's position. `Ok(None)`: there is none. An error says why one was
 /// not used (the caller replays the whole stream).
+/// Payloads beyond `payload_budget` stay out of memory (`WriteModel::set_payload_budget`).
 pub fn read(
     dir: &Path,
     stream: StreamState,
     now: DateTime<Utc>,
+    payload_budget: usize,
 ) -> anyhow::Result<Option<Restored>> {
     let path = path_in(dir);
     let file = match std::fs::File::open(&path) {
@@ -493,7 +498,13 @@ pub fn read(
             }
         });
         let jobs = jobs.flatten().inspect(|_| count += 1);
-        let model = WriteModel::restore(footer.model, header.jobs_hint as usize, jobs, now);
+        let model = WriteModel::restore(
+            footer.model,
+            header.jobs_hint as usize,
+            jobs,
+            now,
+            payload_budget,
+        );
         // If the jobs stopped early, this ends the decoders, and with them the reader.
         drop(jobs_rx);
         let read = reader.join().expect("the snapshot reader does not panic");
@@ -548,7 +559,14 @@ fn check(header: &Header, stream: StreamState) -> anyhow::Result<()> {
 fn decode_chunk(mut bytes: &[u8]) -> anyhow::Result<Vec<Job>> {
     let mut jobs = Vec::with_capacity(CHUNK);
     while !bytes.is_empty() {
-        jobs.push(rmp_serde::from_read(&mut bytes).context("decoding a job")?);
+        let (payload_seq, mut job): (u64, Job) =
+            rmp_serde::from_read(&mut bytes).context("decoding a job")?;
+        job.payload_seq = payload_seq;
+        // A payload that was out of memory (a payload itself is never `null`).
+        if payload_seq != 0 && job.payload.as_str() == "null" {
+            job.payload = crate::payloads::dropped();
+        }
+        jobs.push(job);
     }
     Ok(jobs)
 }

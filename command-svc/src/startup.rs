@@ -115,6 +115,9 @@ impl Application {
             config.atomic_leases,
         );
         engine.schedules.register(&metrics);
+        engine
+            .model()
+            .set_payload_budget(config.payload_memory_bytes);
         if let Some(dir) = &config.snapshot_dir {
             snapshot::restore(&engine, dir, stream_state).await;
         }

@@ -100,6 +100,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.digest()),
+            payload_seq: rec.seq,
         });
     };
     if rec.seq <= current.last_event_seq {
@@ -254,6 +255,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             }
             if let Some(p) = payload {
                 j.payload = p.into();
+                j.payload_seq = rec.seq;
             }
             if let Some(m) = max_attempts {
                 j.max_attempts = *m;

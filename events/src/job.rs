@@ -201,6 +201,11 @@ pub struct Job {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub last_event_hash: Option<EventHash>,
+    /// Stream sequence of the event that set the payload (its `JobEnqueued`, or a later
+    /// `JobUpdated` with a payload), where a holder that dropped the payload from memory reads
+    /// it back. Not part of the job's JSON: 0 in a job read from anywhere but a fold.
+    #[serde(skip)]
+    pub payload_seq: u64,
 }
 
 impl Job {

@@ -26,6 +26,12 @@ impl Json {
         self.0.get()
     }
 
+    /// Whether both are the same shared text (not merely equal): a holder can mark a value
+    /// with a `Json` of its own and know it again.
+    pub fn same(a: &Json, b: &Json) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
     fn from_text(text: String) -> Result<Self, serde_json::Error> {
         if text == "{}" {
             return Ok(EMPTY_OBJECT.clone());

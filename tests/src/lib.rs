@@ -98,6 +98,9 @@ pub fn command_config(nats_url: &str, keys: &Keys) -> command_svc::Config {
         atomic_leases: false,
         snapshot_dir: None,
         snapshot_seconds: 300,
+        // No payload kept in memory for any waiting job: every job the suite leases or
+        // changes has its payload read back from the stream (the default keeps 16 MiB).
+        payload_memory_bytes: 0,
         nats: nats_args(nats_url),
         auth: auth_args(keys),
         plans: common::config::PlanArgs { plans_file: None },

@@ -384,7 +384,7 @@ fn fingerprint(m: &mut WriteModel, now: DateTime<Utc>) -> String {
 /// A model restored from a snapshot, then fed the events after it.
 fn restored(snapshot: &(Image, Vec<Job>), tail: &[Recorded], now: DateTime<Utc>) -> WriteModel {
     let (image, jobs) = snapshot.clone();
-    let mut m = WriteModel::restore(image, jobs.len(), jobs, now);
+    let mut m = WriteModel::restore(image, jobs.len(), jobs, now, usize::MAX);
     for rec in tail {
         m.fold(rec, now).expect("fold");
     }
@@ -545,4 +545,69 @@ fn a_snapshot_and_the_events_after_it_give_what_a_full_replay_gives() {
 fn a_slot_fits_the_384_byte_size_class() {
     let size = std::mem::size_of::<Slot>();
     assert!(size <= 384, "a Slot is {size} bytes");
+}
+
+/// Waiting jobs' payloads beyond the budget leave memory, oldest first; each keeps the
+/// sequence of the event that set it, a lease does not bring it back by itself, and a payload
+/// read back for a leased job stays.
+#[test]
+fn payloads_beyond_the_budget_leave_memory_oldest_first_and_keep_their_event() {
+    let mut w = World::new();
+    // Room for 3 payloads of about 60 bytes (each counted with 40 bytes of overhead).
+    w.model.set_payload_budget(3 * 100);
+    let tenant = Uuid::new_v4();
+    let ids: Vec<Uuid> = (0..6)
+        .map(|i| {
+            w.enqueue(
+                tenant,
+                json!({"type": "t", "payload": {"i": i, "pad": "x".repeat(40)}}),
+                t0(),
+            )
+        })
+        .collect();
+    let dropped = |w: &World, id: &Uuid| payloads::is_dropped(&w.model.job(id).unwrap().payload);
+    let out: Vec<bool> = ids.iter().map(|id| dropped(&w, id)).collect();
+    assert_eq!(out, [true, true, true, false, false, false]);
+    for (i, id) in ids.iter().enumerate() {
+        // One event each, in order: its JobEnqueued holds the payload.
+        assert_eq!(w.model.job(id).unwrap().payload_seq, i as u64 + 1);
+    }
+
+    // An update with a payload: in memory again, read from the update from now on (and an
+    // older waiting job's payload leaves to make room).
+    let update = Command::Update(events::decide::UpdateSpec {
+        payload: Some(json!({"new": true})),
+        ..Default::default()
+    });
+    let updated = w.record(tenant, ids[0], &update, t0());
+    assert_eq!(updated.payload.as_str(), r#"{"new":true}"#);
+    assert_eq!(updated.payload_seq, w.seq);
+    assert!(dropped(&w, &ids[3]));
+
+    // Leased: the marker travels with the job, until the engine gives back what it read.
+    let first = w.lease_next(&["t"], t0()).unwrap();
+    assert_eq!((first.id, first.payload), (ids[0], updated.payload));
+    let leased = w.lease_next(&["t"], t0()).unwrap();
+    assert_eq!(leased.id, ids[1]);
+    assert!(payloads::is_dropped(&leased.payload));
+    let read = events::Json::from(json!({"i": 1, "pad": "x".repeat(40)}));
+    w.model
+        .give_back_payload(&ids[1], leased.payload_seq + 1, &read);
+    assert!(
+        dropped(&w, &ids[1]),
+        "another event's payload is not this one's"
+    );
+    w.model
+        .give_back_payload(&ids[1], leased.payload_seq, &read);
+    assert_eq!(w.model.job(&ids[1]).unwrap().payload, read);
+    // A waiting job does not take one back: the budget decides for those.
+    w.model.give_back_payload(&ids[2], 3, &read);
+    assert!(dropped(&w, &ids[2]));
+
+    // Without a budget nothing leaves.
+    let mut all = World::new();
+    for i in 0..50 {
+        let id = all.enqueue(tenant, json!({"type": "t", "payload": {"i": i}}), t0());
+        assert!(!dropped(&all, &id));
+    }
 }

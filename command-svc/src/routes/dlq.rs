@@ -198,10 +198,12 @@ async fn redrive(
         .collect();
     candidates.sort_by_key(|j| (j.dead_lettered_at, j.id));
     if req.dry_run {
-        let sample: Vec<&Job> = candidates.iter().take(SAMPLE).collect();
+        let would_requeue = candidates.len();
+        let mut sample: Vec<Job> = candidates.into_iter().take(SAMPLE).collect();
+        state.engine.with_payloads(&mut sample).await?;
         return Ok(envelope(
             StatusCode::OK,
-            json!({ "would_requeue": candidates.len(), "sample": sample }),
+            json!({ "would_requeue": would_requeue, "sample": sample }),
         ));
     }
     let actor = Actor::user(user.actor_id());
