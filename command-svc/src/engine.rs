@@ -532,13 +532,24 @@ impl Engine {
         tenant: Option<Uuid>,
         job_id: Uuid,
     ) -> Result<Option<Job>, ApiError> {
+        let mut job = self.current_state(tenant, job_id).await?;
+        if let Some(j) = &mut job {
+            self.with_payloads(std::slice::from_mut(j)).await?;
+        }
+        Ok(job)
+    }
+
+    /// As [`Self::current`], but a payload out of memory stays out (the marker): for a look
+    /// at the job's state that answers nobody with the job.
+    pub async fn current_state(
+        &self,
+        tenant: Option<Uuid>,
+        job_id: Uuid,
+    ) -> Result<Option<Job>, ApiError> {
         let held = self.model().job(&job_id).cloned();
         match (held, tenant) {
             (Some(j), Some(t)) if j.tenant_id != t => Ok(None),
-            (Some(mut j), _) => {
-                self.with_payloads(std::slice::from_mut(&mut j)).await?;
-                Ok(Some(j))
-            }
+            (Some(j), _) => Ok(Some(j)),
             (None, Some(t)) => self.load(t, job_id).await,
             (None, None) => Ok(None),
         }

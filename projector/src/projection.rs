@@ -476,7 +476,8 @@ impl Decoded {
     }
 
     /// Folds the job events over `state`, which holds the batch's stored jobs (a job absent
-    /// from it is new) and afterwards each job as the batch left it (a purged one removed).
+    /// from it is new). The jobs the batch changed move from `state` into the result (as the
+    /// batch left them); `state` keeps the ones it did not change, and loses purged ones.
     pub fn fold(self, state: &mut HashMap<Uuid, Job>) -> Folded {
         let mut out = Outcome::default();
         let mut changed: HashSet<Uuid> = HashSet::new();
@@ -518,10 +519,9 @@ impl Decoded {
                 }
             }
         }
-        let jobs: Vec<Job> = changed
-            .iter()
-            .filter_map(|id| state.get(id).cloned())
-            .collect();
+        // Moved out, not cloned: the live projector drops `state` after the batch; a replay
+        // that keeps it takes copies back (`Folded::jobs`).
+        let jobs: Vec<Job> = changed.iter().filter_map(|id| state.remove(id)).collect();
         let history: Vec<&Recorded> = history
             .into_iter()
             .filter(|r| !purged.contains(&r.envelope.job_id))
@@ -545,6 +545,11 @@ impl Decoded {
 }
 
 impl Folded {
+    /// The jobs it changed, as it left them (they are no longer in the state it folded).
+    pub fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
     /// The jobs whose whole history the batch purged.
     pub fn purged(&self) -> &[Uuid] {
         &self.purged

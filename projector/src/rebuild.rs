@@ -150,6 +150,7 @@ async fn replay_into(
                 };
                 let mut state = cache.take(&pool, &decoded.job_ids()).await?;
                 let folded = decoded.fold(&mut state);
+                state.extend(folded.jobs().iter().map(|j| (j.id, j.clone())));
                 cache.put(state, folded.purged());
                 if folded_tx.send(folded).await.is_err() {
                     // The writer stopped; its error is the one to report.

@@ -133,7 +133,11 @@ async fn check_dependencies(
     let mut waiting = Vec::with_capacity(depends_on.len());
     for dep in depends_on.iter() {
         let field = format!("{prefix}depends_on");
-        match state.engine.current(Some(env.tenant_id), *dep).await? {
+        match state
+            .engine
+            .current_state(Some(env.tenant_id), *dep)
+            .await?
+        {
             None => errors.push(FieldError::new(field, format!("no such job: {dep}"))),
             Some(j) if j.status == events::Status::Completed => {}
             Some(j) if j.status.is_terminal() => {
