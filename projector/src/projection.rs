@@ -545,6 +545,23 @@ impl Decoded {
 }
 
 impl Folded {
+    /// Takes the batch's job writes (changed and purged jobs) out of it, split over `lanes`
+    /// by job id: a job is always in the same lane, so writing each lane's parts in batch
+    /// order keeps every job's writes in order. What remains writes everything else.
+    pub fn split_jobs(&mut self, lanes: usize) -> Vec<(Vec<Job>, Vec<Uuid>)> {
+        let lanes = lanes.max(1);
+        let lane = |id: &Uuid| (id.as_u128() % lanes as u128) as usize;
+        let mut parts: Vec<(Vec<Job>, Vec<Uuid>)> =
+            (0..lanes).map(|_| Default::default()).collect();
+        for job in std::mem::take(&mut self.jobs) {
+            parts[lane(&job.id)].0.push(job);
+        }
+        for id in std::mem::take(&mut self.purged) {
+            parts[lane(&id)].1.push(id);
+        }
+        parts
+    }
+
     /// The jobs it changed, as it left them (they are no longer in the state it folded).
     pub fn jobs(&self) -> &[Job] {
         &self.jobs
@@ -624,8 +641,31 @@ async fn write_folded(
         .context("recording job type activity")?;
     }
 
+    write_jobs(&mut *tx, &f.jobs, &f.purged).await?;
+
+    sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")
+        .bind(f.last as i64)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(f.last.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let mut out = f.out;
+    out.checkpoint = f.last;
+    Ok((out, f.history))
+}
+
+/// Upserts `jobs` as they are now and deletes the `purged` ones (a job's later state always
+/// after its earlier one: the caller writes a job's batches in order).
+pub async fn write_jobs(
+    conn: &mut sqlx::PgConnection,
+    jobs: &[Job],
+    purged: &[Uuid],
+) -> anyhow::Result<()> {
     let mut rows = Rows::default();
-    for j in &f.jobs {
+    for j in jobs {
         rows.push(j);
     }
     if !rows.id.is_empty() {
@@ -657,28 +697,16 @@ async fn write_folded(
         .bind(&rows.last_event_seq)
         .bind(&rows.doc)
         .bind(&rows.lease_worker_id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .context("upserting jobs")?;
     }
 
-    if !f.purged.is_empty() {
+    if !purged.is_empty() {
         sqlx::query("DELETE FROM jobs WHERE id = ANY($1)")
-            .bind(&f.purged)
-            .execute(&mut *tx)
+            .bind(purged)
+            .execute(&mut *conn)
             .await?;
     }
-
-    sqlx::query("UPDATE projector_checkpoint SET last_seq = $1 WHERE id = 1")
-        .bind(f.last as i64)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(f.last.to_string())
-        .execute(&mut *tx)
-        .await?;
-    let mut out = f.out;
-    out.checkpoint = f.last;
-    Ok((out, f.history))
+    Ok(())
 }

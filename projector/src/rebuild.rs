@@ -24,8 +24,8 @@ use uuid::Uuid;
 use events::Job;
 
 use crate::projection::{
-    apply_batch_in, apply_folded, read_jobs, Decoded, Folded, History, Incoming, NOTIFY_CHANNEL,
-    PROJECTION_LOCK,
+    apply_batch_in, apply_folded, read_jobs, write_jobs, Decoded, Folded, History, Incoming,
+    NOTIFY_CHANNEL, PROJECTION_LOCK,
 };
 
 /// How a replay batches and caches.
@@ -118,10 +118,12 @@ async fn replay(
     Ok(count)
 }
 
-/// Replays the stream from `start` into `pool`'s empty tables on four lanes at once: reading
-/// the stream, folding the jobs (kept in a [`JobCache`], so a batch's jobs need not be read
-/// back), writing the jobs (one connection), and writing the event history (another), each
-/// batch after the one before, as the live projector would.
+/// Replays the stream from `start` into `pool`'s empty tables on several lanes at once:
+/// reading the stream, folding the jobs (kept in a [`JobCache`], so a batch's jobs need not be
+/// read back), writing each batch's jobs ([`JOB_LANES`] connections, each its share by job id),
+/// writing the rest of the batch with the checkpoint (another), and the event history
+/// (another). Each lane writes the batches in order, as the live projector would; a job's
+/// writes all go through one lane.
 async fn replay_into(
     js: &JetStream,
     start: u64,
@@ -132,6 +134,11 @@ async fn replay_into(
     // At most this many folded batches wait for their writer: the cache keeps every job a
     // batch not yet committed touched (see `JobCache`).
     let (folded_tx, mut folded_rx) = mpsc::channel::<Folded>(IN_FLIGHT);
+    // The same bound for each lane of job writes: a job's writes are committed at most that
+    // many batches behind the fold, whichever lane it is in.
+    let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..JOB_LANES)
+        .map(|_| mpsc::channel::<(Vec<Job>, Vec<Uuid>)>(IN_FLIGHT))
+        .unzip();
     let (history_tx, mut history_rx) = mpsc::channel::<History>(4);
     // The reader, the folder and the history writer are tasks of their own, so their work
     // runs on the other core.
@@ -149,17 +156,41 @@ async fn replay_into(
                     continue;
                 };
                 let mut state = cache.take(&pool, &decoded.job_ids()).await?;
-                let folded = decoded.fold(&mut state);
+                let mut folded = decoded.fold(&mut state);
                 state.extend(folded.jobs().iter().map(|j| (j.id, j.clone())));
                 cache.put(state, folded.purged());
-                if folded_tx.send(folded).await.is_err() {
-                    // The writer stopped; its error is the one to report.
+                let lanes = folded.split_jobs(JOB_LANES);
+                let mut stopped = folded_tx.send(folded).await.is_err();
+                for (lane, part) in lane_txs.iter().zip(lanes) {
+                    stopped |= lane.send(part).await.is_err();
+                }
+                if stopped {
+                    // A writer stopped; its error is the one to report.
                     break;
                 }
             }
             Ok::<_, anyhow::Error>(cache.read_back)
         }
     }));
+    let lanes: Vec<_> = lane_rxs
+        .into_iter()
+        .map(|mut rx| {
+            let pool = pool.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                while let Some((jobs, purged)) = rx.recv().await {
+                    write_jobs(&mut conn, &jobs, &purged).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            }))
+        })
+        .collect();
+    let lanes = async {
+        for lane in lanes {
+            lane.await.context("a job writer failed")??;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
     let history = AbortOnDropHandle::new(tokio::spawn({
         let pool = pool.clone();
         async move {
@@ -180,10 +211,11 @@ async fn replay_into(
         }
         Ok::<_, anyhow::Error>(())
     };
-    let (events, read_back, (), ()) = tokio::try_join!(
+    let (events, read_back, (), (), ()) = tokio::try_join!(
         async { reader.await.context("the stream reader failed")? },
         async { folder.await.context("the folder failed")? },
         write,
+        lanes,
         async { history.await.context("the history writer failed")? },
     )?;
     Ok((events, read_back))
@@ -191,6 +223,10 @@ async fn replay_into(
 
 /// Folded batches waiting for the jobs writer, at most.
 const IN_FLIGHT: usize = 2;
+
+/// Connections that upsert the replayed jobs, each its share of every batch by job id (the
+/// single jobs writer was the replay's bound; docs/performance.md, "Rebuild").
+const JOB_LANES: usize = 2;
 
 /// Evicted jobs remembered by id (so a job never seen is known to be new without a read)
 /// up to this many; beyond, every job not in the cache is read back.
@@ -337,7 +373,8 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
         .execute(&admin)
         .await?;
     let fresh: PgPool = PgPoolOptions::new()
-        .max_connections(3)
+        // The batch writer, the history writer, the job lanes, and the fold's read-backs.
+        .max_connections(4 + JOB_LANES as u32)
         // A replay that stops is started again from scratch, so its commits need not wait
         // for the disk; the swap below commits durably on its own connection.
         .connect_with(options.clone().options([
