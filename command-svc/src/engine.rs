@@ -565,10 +565,39 @@ impl Engine {
         actor: &Actor,
         if_match: Option<u64>,
     ) -> Result<Job, ApiError> {
+        let mut job = self
+            .decide_and_append(tenant, job_id, cmd, actor, if_match)
+            .await?;
+        self.with_payloads(std::slice::from_mut(&mut job)).await?;
+        Ok(job)
+    }
+
+    /// As [`Self::act`], for a command the engine runs itself (an expiry, a cancel for a
+    /// failed dependency): nobody reads the job it answers with, so a payload out of memory
+    /// stays out (the returned job may hold the marker).
+    pub async fn act_unanswered(
+        &self,
+        job_id: Uuid,
+        cmd: &Command,
+        actor: &Actor,
+    ) -> Result<Job, ApiError> {
+        self.decide_and_append(None, job_id, cmd, actor, None).await
+    }
+
+    /// Decides on the job's state (its payload, which no decision reads, may be out of memory)
+    /// and appends.
+    async fn decide_and_append(
+        &self,
+        tenant: Option<Uuid>,
+        job_id: Uuid,
+        cmd: &Command,
+        actor: &Actor,
+        if_match: Option<u64>,
+    ) -> Result<Job, ApiError> {
         let mut caught_up = false;
         for _ in 0..MAX_RETRIES {
             let now = common::now();
-            let current = self.current(tenant, job_id).await?;
+            let current = self.current_state(tenant, job_id).await?;
             let stale = match (&current, if_match) {
                 (Some(j), Some(v)) => j.version != v,
                 _ => false,

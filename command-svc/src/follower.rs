@@ -265,7 +265,7 @@ pub async fn run_timers(engine: Arc<Engine>, stop: CancellationToken) {
             let engine = engine.clone();
             tokio::spawn(async move {
                 match engine
-                    .act(None, job_id, &cmd, &Actor::system("command-svc"), None)
+                    .act_unanswered(job_id, &cmd, &Actor::system("command-svc"))
                     .await
                 {
                     Ok(_) | Err(common::ApiError::LeaseLost) => {}

@@ -5,6 +5,7 @@
 //! `tests::command_config`, so every other test goes through the read-back too.)
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::TestApp;
@@ -47,6 +48,16 @@ async fn payloads_out_of_memory_come_back_in_every_answer_and_across_a_restart()
     };
     let first = tests::start_command_with(config()).await.unwrap();
     tests::wait_ready(&first).await;
+    // A job that expires while its payload is out of memory: discarding it reads nothing.
+    let (status, res) = post(
+        &app,
+        &first,
+        "/enqueue",
+        &json!({"type": "pl.expiring", "payload": body(99), "ttl_seconds": 1}),
+    )
+    .await;
+    assert_eq!(status, 201, "{res}");
+    let expiring: uuid::Uuid = res["data"]["id"].as_str().unwrap().parse().unwrap();
     let mut sent = HashMap::new();
     let mut order = Vec::new();
     for n in 0..40 {
@@ -65,6 +76,16 @@ async fn payloads_out_of_memory_come_back_in_every_answer_and_across_a_restart()
     let metrics = tests::scrape(&app.http, &first.url()).await;
     let kept = metrics["jobs_payload_memory_bytes"];
     assert!(kept > 0.0 && kept <= 850.0, "{kept} bytes of payloads kept");
+    assert_eq!(metrics["jobs_payload_reads_total"], 0.0);
+    tests::eventually(Duration::from_secs(20), "the job's expiry", || async {
+        tests::all_events(&app.nats.url())
+            .await
+            .iter()
+            .any(|r| r.envelope.job_id == expiring && r.envelope.event.type_name() == "JobExpired")
+            .then_some(())
+    })
+    .await;
+    let metrics = tests::scrape(&app.http, &first.url()).await;
     assert_eq!(metrics["jobs_payload_reads_total"], 0.0);
 
     // Commands that answer with the job: an update of another field, and a cancel, of the
