@@ -355,6 +355,43 @@ async fn create_indexes(pool: &PgPool, definitions: &[String]) -> anyhow::Result
     Ok(())
 }
 
+/// Drops the schema a swap retired, after the swap committed. Queries that began before the
+/// swap may still hold locks on its tables, each taking them in its own order; a `DROP` in the
+/// swap's transaction once deadlocked with one (it held `job_events`, the query held the
+/// checkpoint and wanted `job_events`), and Postgres aborted the rebuild. Here the drop waits
+/// at most `lock_timeout` for each lock, well under `deadlock_timeout`, so no cycle lasts long
+/// enough for Postgres to abort anyone, and tries again; queries that start after the swap
+/// use the new tables.
+async fn drop_retired(conn: &mut sqlx::PgConnection, retired: &str) {
+    const ATTEMPTS: u64 = 50;
+    for attempt in 1..=ATTEMPTS {
+        let dropped = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SET LOCAL lock_timeout = '200ms'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        match dropped {
+            Ok(()) => return,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::debug!(retired, attempt, error = %e, "the retired tables are still in use; dropping them again shortly");
+                tokio::time::sleep(Duration::from_millis(100 * attempt.min(10))).await;
+            }
+            Err(e) => tracing::warn!(
+                retired,
+                error = %e,
+                "the retired read model could not be dropped: it holds a full copy of the old \
+                 tables; drop it by hand (DROP SCHEMA ... CASCADE)"
+            ),
+        }
+    }
+}
+
 /// Rebuilds the read model of `database_url` from the stream and swaps it in.
 pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -439,9 +476,6 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
         sqlx::query(&format!("ALTER SCHEMA {schema} RENAME TO public"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!("DROP SCHEMA {retired} CASCADE"))
-            .execute(&mut *tx)
-            .await?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
             .bind(checkpoint.to_string())
@@ -450,6 +484,7 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
         tx.commit()
             .await
             .context("swapping in the rebuilt read model")?;
+        drop_retired(&mut conn, &retired).await;
         Ok::<_, anyhow::Error>((events, read_back, checkpoint as u64))
     }
     .await;
