@@ -843,19 +843,10 @@ async fn a_rate_per_key_spaces_its_leases_and_other_jobs_are_served_at_once() {
 
 /// How many leases wait in the instance at `url` (its `jobs_leases_waiting` gauge).
 async fn leases_waiting(app: &TestApp, url: &str) -> i64 {
-    let text = app
-        .http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|l| l.strip_prefix("jobs_leases_waiting "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the jobs_leases_waiting gauge")
+    let metrics = tests::scrape(&app.http, url).await;
+    *metrics
+        .get("jobs_leases_waiting")
+        .expect("the jobs_leases_waiting gauge") as i64
 }
 
 /// A long-polling worker gets a job its tenant's limit (or its concurrency key) held back as
