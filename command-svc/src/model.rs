@@ -248,8 +248,7 @@ impl WriteModel {
                     }
                 }
                 let keep = self.kept.is_bounded()
-                    && matches!(j.status, Status::Scheduled | Status::Pending)
-                    && j.payload_seq != 0
+                    && payloads::may_leave(&j)
                     && !payloads::is_dropped(&j.payload);
                 if keep {
                     self.kept.note(id, j.payload.as_str().len());
@@ -301,10 +300,8 @@ impl WriteModel {
     fn drop_payloads(&mut self) {
         while let Some(id) = self.kept.next_to_drop() {
             if let Some(slot) = self.jobs.get_mut(&id) {
-                let job = &mut slot.job;
-                if matches!(job.status, Status::Scheduled | Status::Pending) && job.payload_seq != 0
-                {
-                    job.payload = payloads::dropped();
+                if payloads::may_leave(&slot.job) {
+                    slot.job.payload = payloads::dropped();
                 }
             }
         }

@@ -33,6 +33,15 @@ pub fn is_dropped(payload: &Json) -> bool {
     Json::same(payload, &DROPPED)
 }
 
+/// Whether `job`'s payload may leave memory: it is waiting, and the event holding its
+/// payload is known.
+pub fn may_leave(job: &events::Job) -> bool {
+    matches!(
+        job.status,
+        events::Status::Scheduled | events::Status::Pending
+    ) && job.payload_seq != 0
+}
+
 /// Memory counted for one kept payload beside its text: its shared allocation's header and
 /// its entry here.
 const OVERHEAD: usize = 40;
