@@ -737,7 +737,7 @@ impl Engine {
                 let Ok(mut events) = decide(Some(&job), &cmd, now) else {
                     continue;
                 };
-                if let Some(limit) = &job.limits {
+                if let Some(limit) = &job.extras().limits {
                     match self
                         .append_keyed_lease(&job, events, &actor, now, limit)
                         .await

@@ -3,7 +3,7 @@
 
 use crate::envelope::Recorded;
 use crate::event::JobEvent;
-use crate::job::{Job, JobError, Lease, Status};
+use crate::job::{Extras, Job, JobError, Lease, MaybeExtras, Status};
 use crate::{Json, Name};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,23 +84,20 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             created_at: at,
             updated_at: at,
             lease: None,
-            progress: None,
-            result: None,
-            last_error: None,
-            errors: Box::default(),
             metadata: metadata.into(),
             cancel_requested: false,
-            dead_lettered_at: None,
-            completed_at: None,
             expires_at: *expires_at,
-            unique: unique.clone().map(Box::new),
-            limits: limits.clone().map(Box::new),
-            depends_on: depends_on.as_slice().into(),
-            on_dependency_failure: *on_dependency_failure,
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.digest()),
             payload_seq: rec.seq,
+            extras: MaybeExtras::new(Extras {
+                unique: unique.clone(),
+                limits: limits.clone(),
+                depends_on: depends_on.clone(),
+                on_dependency_failure: *on_dependency_failure,
+                ..Extras::default()
+            }),
         });
     };
     if rec.seq <= current.last_event_seq {
@@ -125,7 +122,9 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             }
             j.status = Status::Leased;
             j.attempts += 1;
-            j.progress = None;
+            if j.extras().progress.is_some() {
+                j.extras_mut().progress = None;
+            }
             j.lease = Some(Box::new(Lease {
                 worker_id: worker_id.clone(),
                 lease_id: rec.seq,
@@ -146,7 +145,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 l.expires_at = *expires_at;
             }
             if progress.is_some() {
-                j.progress = progress.as_ref().map(Json::from);
+                j.extras_mut().progress = progress.as_ref().map(Json::from);
             }
         }
         JobEvent::Completed { lease_id, result } => {
@@ -154,9 +153,10 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
                 return Err(reject(ev, job, "the lease is not the job's current lease"));
             }
             j.status = Status::Completed;
-            j.result = result.as_ref().map(Json::from);
+            let x = j.extras_mut();
+            x.result = result.as_ref().map(Json::from);
+            x.completed_at = Some(at);
             j.lease = None;
-            j.completed_at = Some(at);
         }
         JobEvent::Failed {
             lease_id,
@@ -212,7 +212,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             record_error(&mut j, at, worker, &error.message, error.code.as_deref());
             j.status = Status::DeadLettered;
             j.lease = None;
-            j.dead_lettered_at = Some(at);
+            j.extras_mut().dead_lettered_at = Some(at);
         }
         JobEvent::CancelRequested { .. } => {
             if j.status != Status::Leased || j.cancel_requested {
@@ -292,10 +292,11 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             j.run_at = at;
             j.lease = None;
             j.cancel_requested = false;
-            j.progress = None;
-            j.result = None;
-            j.dead_lettered_at = None;
-            j.completed_at = None;
+            let x = j.extras_mut();
+            x.progress = None;
+            x.result = None;
+            x.dead_lettered_at = None;
+            x.completed_at = None;
             // Retried by a person: it runs whenever a worker takes it.
             j.expires_at = None;
         }
@@ -309,6 +310,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
     j.last_event_seq = rec.seq;
     j.last_event_hash = Some(env.digest());
     j.updated_at = at;
+    j.shed_extras();
     Ok(j)
 }
 
@@ -326,8 +328,7 @@ fn record_error(
         message: message.to_string(),
         code: code.map(str::to_string),
     };
-    j.last_error = Some(Box::new(e.clone()));
-    let mut errors = std::mem::take(&mut j.errors).into_vec();
-    errors.push(e);
-    j.errors = errors.into_boxed_slice();
+    let x = j.extras_mut();
+    x.last_error = Some(e.clone());
+    x.errors.push(e);
 }

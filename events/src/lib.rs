@@ -23,7 +23,7 @@ pub use decide::{decide, Command, EnqueueSpec, Rejection};
 pub use envelope::{Actor, ActorKind, Envelope, EventHash, Recorded, SCHEMA_VERSION};
 pub use event::{ErrorInfo, JobEvent};
 pub use job::{
-    Backoff, ConcurrencyLimit, DependencyFailure, Job, JobError, Lease, Status, UniqueSpec,
+    Backoff, ConcurrencyLimit, DependencyFailure, Extras, Job, JobError, Lease, Status, UniqueSpec,
 };
 pub use json::Json;
 pub use name::Name;

@@ -265,9 +265,9 @@ impl<'a> Rows<'a> {
         self.run_at.push(j.run_at);
         self.created_at.push(j.created_at);
         self.updated_at.push(j.updated_at);
-        self.dead_lettered_at.push(j.dead_lettered_at);
+        self.dead_lettered_at.push(j.extras().dead_lettered_at);
         self.last_error_code
-            .push(j.last_error.as_ref().and_then(|e| e.code.clone()));
+            .push(j.extras().last_error.as_ref().and_then(|e| e.code.clone()));
         self.version.push(j.version as i64);
         self.last_event_seq.push(j.last_event_seq as i64);
         self.lease_worker_id

@@ -436,7 +436,10 @@ async fn three_instances_and_nine_workers_complete_every_job_exactly_once() {
         "{} jobs never finished",
         unfinished.len()
     );
-    let retried = jobs.values().filter(|j| !j.errors.is_empty()).count();
+    let retried = jobs
+        .values()
+        .filter(|j| !j.extras().errors.is_empty())
+        .count();
     assert!(retried > 0, "some jobs failed and were retried");
     let leased_by = recs
         .iter()

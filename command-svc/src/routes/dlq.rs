@@ -120,16 +120,15 @@ impl RedriveRequest {
         self.job_type.as_ref().is_none_or(|t| *t == j.job_type)
             && self.queue.as_ref().is_none_or(|q| *q == j.queue)
             && self.ids.as_ref().is_none_or(|ids| ids.contains(&j.id))
-            && self
-                .error_code
-                .as_ref()
-                .is_none_or(|c| j.last_error.as_ref().and_then(|e| e.code.as_ref()) == Some(c))
+            && self.error_code.as_ref().is_none_or(|c| {
+                j.extras().last_error.as_ref().and_then(|e| e.code.as_ref()) == Some(c)
+            })
             && self
                 .dead_lettered_after
-                .is_none_or(|t| j.dead_lettered_at.is_some_and(|d| d > t))
+                .is_none_or(|t| j.extras().dead_lettered_at.is_some_and(|d| d > t))
             && self
                 .dead_lettered_before
-                .is_none_or(|t| j.dead_lettered_at.is_some_and(|d| d < t))
+                .is_none_or(|t| j.extras().dead_lettered_at.is_some_and(|d| d < t))
     }
 }
 
@@ -196,7 +195,7 @@ async fn redrive(
         .filter(|j| req.matches(j))
         .cloned()
         .collect();
-    candidates.sort_by_key(|j| (j.dead_lettered_at, j.id));
+    candidates.sort_by_key(|j| (j.extras().dead_lettered_at, j.id));
     if req.dry_run {
         let would_requeue = candidates.len();
         let mut sample: Vec<Job> = candidates.into_iter().take(SAMPLE).collect();

@@ -138,7 +138,7 @@ fn failures_back_off_then_dead_letter_when_attempts_run_out() {
             retry_after_seconds: None,
         };
         g.when(&fail, now).unwrap();
-        assert_eq!(g.job().errors.len(), attempt);
+        assert_eq!(g.job().extras().errors.len(), attempt);
         if attempt == 1 {
             assert_eq!(g.job().status, Status::Scheduled);
             let wait = g.job().run_at - now;
@@ -157,7 +157,7 @@ fn failures_back_off_then_dead_letter_when_attempts_run_out() {
     g.when(&Command::Retry, now).unwrap();
     assert_eq!((g.job().status, g.job().attempts), (Status::Pending, 0));
     assert_eq!(
-        g.job().errors.len(),
+        g.job().extras().errors.len(),
         2,
         "failed attempts stay visible after a retry"
     );
@@ -177,7 +177,13 @@ fn an_expired_lease_counts_as_a_failed_attempt() {
     g.when(&expire, t0() + Duration::seconds(31)).unwrap();
     assert_eq!(g.job().status, Status::Scheduled);
     assert_eq!(
-        g.job().last_error.as_ref().unwrap().code.as_deref(),
+        g.job()
+            .extras()
+            .last_error
+            .as_ref()
+            .unwrap()
+            .code
+            .as_deref(),
         Some("LEASE_EXPIRED")
     );
 }
@@ -393,7 +399,7 @@ proptest! {
                 prop_assert!(j.attempts <= j.max_attempts, "attempts {} > max_attempts {}", j.attempts, j.max_attempts);
                 prop_assert!(completions <= 1, "completed twice without a retry");
                 prop_assert_eq!(j.lease.is_some(), j.status == Status::Leased);
-                prop_assert_eq!(j.errors.last(), j.last_error.as_deref());
+                prop_assert_eq!(j.extras().errors.last(), j.extras().last_error.as_ref());
             }
         }
     }
@@ -521,7 +527,7 @@ fn the_golden_v1_events_keep_decoding_and_folding() {
     }
     let job = job.unwrap();
     assert_eq!(job.status, Status::Completed);
-    assert_eq!(job.errors.len(), 4);
+    assert_eq!(job.extras().errors.len(), 4);
     assert_eq!(
         types.len(),
         11,

@@ -31,14 +31,14 @@ fn reason(code: &str, message: String, details: Value) -> Value {
 
 /// `DEPENDENCIES_PENDING` while jobs it depends on have not completed.
 async fn dependency_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiResult<Vec<Value>> {
-    if job.depends_on.is_empty() {
+    if job.extras().depends_on.is_empty() {
         return Ok(Vec::new());
     }
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "SELECT id, status FROM jobs WHERE tenant_id = $1 AND id = ANY($2) AND status <> 'completed' ORDER BY id",
     )
     .bind(tenant)
-    .bind(&job.depends_on[..])
+    .bind(&job.extras().depends_on[..])
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
@@ -54,9 +54,9 @@ async fn dependency_reasons(s: &AppState, tenant: uuid::Uuid, job: &Job) -> ApiR
         format!(
             "{} of the {} jobs it depends on have not completed",
             rows.len(),
-            job.depends_on.len()
+            job.extras().depends_on.len()
         ),
-        json!({ "waiting_for": waiting, "on_dependency_failure": job.on_dependency_failure.unwrap_or_default() }),
+        json!({ "waiting_for": waiting, "on_dependency_failure": job.extras().on_dependency_failure.unwrap_or_default() }),
     )])
 }
 
@@ -156,7 +156,7 @@ async fn explain(
         Status::DeadLettered => reasons.push(reason(
             "DEAD_LETTERED",
             "the job failed for good and waits in the dead-letter queue; retry or redrive it".into(),
-            json!({ "attempts": job.attempts, "max_attempts": job.max_attempts, "last_error": job.last_error }),
+            json!({ "attempts": job.attempts, "max_attempts": job.max_attempts, "last_error": job.extras().last_error }),
         )),
         Status::Leased => {
             let lease = job.lease.as_ref();
