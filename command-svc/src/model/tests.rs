@@ -612,3 +612,24 @@ fn payloads_beyond_the_budget_leave_memory_oldest_first_and_keep_their_event() {
         assert!(!dropped(&all, &id));
     }
 }
+
+/// The ready index's times order as the `DateTime`s do, also outside the years `i64`
+/// nanoseconds reach (they saturate there).
+#[test]
+fn ready_key_times_order_as_the_times_do() {
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    let times = [
+        at("0001-01-01T00:00:00Z"),
+        at("1600-06-01T00:00:00Z"),
+        at("1970-01-01T00:00:00Z"),
+        at("2026-12-07T05:00:00.000000001Z"),
+        at("2026-12-07T05:00:00.000000002Z"),
+        at("2300-01-01T00:00:00Z"),
+    ];
+    for pair in times.windows(2) {
+        assert!(super::nanos(pair[0]) <= super::nanos(pair[1]), "{pair:?}");
+    }
+    assert!(super::nanos(times[3]) < super::nanos(times[4]));
+    assert_eq!(super::nanos(times[0]), i64::MIN);
+    assert_eq!(super::nanos(times[5]), i64::MAX);
+}
