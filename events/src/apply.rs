@@ -92,8 +92,8 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             last_event_hash: Some(env.digest()),
             payload_seq: rec.seq,
             extras: MaybeExtras::new(Extras {
-                unique: unique.clone(),
-                limits: limits.clone(),
+                unique: unique.clone().map(Box::new),
+                limits: limits.clone().map(Box::new),
                 depends_on: depends_on.clone(),
                 on_dependency_failure: *on_dependency_failure,
                 ..Extras::default()
@@ -329,6 +329,6 @@ fn record_error(
         code: code.map(str::to_string),
     };
     let x = j.extras_mut();
-    x.last_error = Some(e.clone());
+    x.last_error = Some(Box::new(e.clone()));
     x.errors.push(e);
 }

@@ -184,19 +184,21 @@ pub struct Job {
     pub(crate) extras: MaybeExtras,
 }
 
-/// The parts of a job that most waiting jobs leave empty (see [`Job`]).
+/// The parts of a job that most waiting jobs leave empty (see [`Job`]). The larger ones are
+/// boxed again, so a job that has only one of them (its limits, say) pays for a small
+/// `Extras` (about 150 bytes) and that part.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extras {
     pub progress: Option<Json>,
     pub result: Option<Json>,
-    pub last_error: Option<JobError>,
+    pub last_error: Option<Box<JobError>>,
     pub errors: Vec<JobError>,
     pub dead_lettered_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     /// The uniqueness it was enqueued with.
-    pub unique: Option<UniqueSpec>,
+    pub unique: Option<Box<UniqueSpec>>,
     /// Its concurrency limit.
-    pub limits: Option<ConcurrencyLimit>,
+    pub limits: Option<Box<ConcurrencyLimit>>,
     /// Jobs that must complete before this one runs.
     pub depends_on: Vec<Uuid>,
     /// What happens when one of them ends without completing.
@@ -367,12 +369,12 @@ pub mod wire {
                 extras: super::MaybeExtras::new(super::Extras {
                     progress: w.progress,
                     result: w.result,
-                    last_error: w.last_error,
+                    last_error: w.last_error.map(Box::new),
                     errors: w.errors,
                     dead_lettered_at: w.dead_lettered_at,
                     completed_at: w.completed_at,
-                    unique: w.unique,
-                    limits: w.limits,
+                    unique: w.unique.map(Box::new),
+                    limits: w.limits.map(Box::new),
                     depends_on: w.depends_on,
                     on_dependency_failure: w.on_dependency_failure,
                 }),
@@ -466,6 +468,15 @@ pub mod wire {
         #[test]
         fn no_extras_is_the_default() {
             assert_eq!(NO_EXTRAS, Extras::default());
+        }
+
+        /// A job holds its extras behind one pointer, and they stay small enough that a job
+        /// with only one of them (limits, say) pays about 150 bytes for the rest.
+        #[test]
+        fn extras_stay_behind_a_pointer_and_small() {
+            assert_eq!(std::mem::size_of::<super::super::MaybeExtras>(), 8);
+            let size = std::mem::size_of::<Extras>();
+            assert!(size <= 160, "Extras is {size} bytes");
         }
     }
 }

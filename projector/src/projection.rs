@@ -12,7 +12,6 @@ use events::envelope::DecodeError;
 use events::platform::{PlatformEnvelope, PlatformEvent};
 use events::stream::parse_job_subject;
 use events::{apply, Envelope, Job, JobEvent, Recorded};
-use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -236,7 +235,7 @@ async fn record_workers(tx: &mut sqlx::PgConnection, recs: &[Recorded]) -> anyho
 /// The `jobs` rows of a batch, column by column. The document is bound as the job itself and
 /// serialized straight into the bind buffer (no `serde_json::Value` in between).
 #[derive(Default)]
-struct Rows<'a> {
+struct Rows {
     id: Vec<Uuid>,
     tenant_id: Vec<Uuid>,
     job_type: Vec<String>,
@@ -251,11 +250,12 @@ struct Rows<'a> {
     version: Vec<i64>,
     last_event_seq: Vec<i64>,
     lease_worker_id: Vec<Option<String>>,
-    doc: Vec<sqlx::types::Json<&'a Job>>,
+    /// The job's JSON form, as text (the column is `json`).
+    doc: Vec<String>,
 }
 
-impl<'a> Rows<'a> {
-    fn push(&mut self, j: &'a Job) {
+impl Rows {
+    fn push(&mut self, j: &Job) {
         self.id.push(j.id);
         self.tenant_id.push(j.tenant_id);
         self.job_type.push(j.job_type.to_string());
@@ -272,8 +272,13 @@ impl<'a> Rows<'a> {
         self.last_event_seq.push(j.last_event_seq as i64);
         self.lease_worker_id
             .push(j.lease.as_ref().map(|l| l.worker_id.clone()));
-        self.doc.push(sqlx::types::Json(j));
+        self.doc.push(json_text(j));
     }
+}
+
+/// `value`'s JSON text, for a `json` column.
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("a job, an actor or an event's data always serializes")
 }
 
 /// Held by every batch transaction and by a rebuild's swap, so that a swap never happens in
@@ -318,8 +323,9 @@ pub struct History {
     event_id: Vec<Uuid>,
     kind: Vec<String>,
     at: Vec<DateTime<Utc>>,
-    actor: Vec<sqlx::types::Json<events::Actor>>,
-    data: Vec<Value>,
+    /// JSON text each (the columns are `json`: checked, not parsed into `jsonb`).
+    actor: Vec<String>,
+    data: Vec<String>,
     purged: Vec<Uuid>,
 }
 
@@ -337,9 +343,12 @@ impl History {
             at: events.iter().map(|r| r.envelope.at).collect(),
             actor: events
                 .iter()
-                .map(|r| sqlx::types::Json(r.envelope.actor.clone()))
+                .map(|r| json_text(&r.envelope.actor))
                 .collect(),
-            data: events.iter().map(|r| r.envelope.event.data()).collect(),
+            data: events
+                .iter()
+                .map(|r| json_text(&r.envelope.event.data()))
+                .collect(),
             purged,
         }
     }
@@ -350,7 +359,7 @@ impl History {
             sqlx::query(
                 "INSERT INTO job_events (seq, tenant_id, job_id, event_id, type, at, actor, data)
                  SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                                      $6::timestamptz[], $7::jsonb[], $8::jsonb[])
+                                      $6::timestamptz[], $7::text[]::json[], $8::text[]::json[])
                  ON CONFLICT (seq) DO NOTHING",
             )
             .bind(&self.seq)
@@ -674,7 +683,7 @@ pub async fn write_jobs(
                                dead_lettered_at, last_error_code, version, last_event_seq, doc, lease_worker_id)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[], $6::text[],
                                   $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                                  $11::text[], $12::int8[], $13::int8[], $14::jsonb[], $15::text[])
+                                  $11::text[], $12::int8[], $13::int8[], $14::text[]::json[], $15::text[])
              ON CONFLICT (id) DO UPDATE SET
                 type = EXCLUDED.type, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
                 status = EXCLUDED.status, run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at,

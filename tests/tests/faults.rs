@@ -228,14 +228,21 @@ async fn an_event_postgres_refuses_is_quarantined_and_the_projection_goes_on() {
         assert_eq!(res.status(), 400, "{bad}");
     }
     // ...but a writer that bypasses it (an older version, a bug) must not stop the projector.
+    // A `run_at` before 4713 BC: a `DateTime` holds it, a `timestamptz` does not. (A payload
+    // with a NUL character was the example while documents were `jsonb`; `json` stores it.)
     let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
     let job_id = uuid::Uuid::now_v7();
+    let before_postgres = chrono::NaiveDate::from_ymd_opt(-10000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
     let poison = json!({
         "event_id": uuid::Uuid::now_v7(), "type": "JobEnqueued", "schema_version": 1,
         "tenant_id": app.tenant, "job_id": job_id, "at": chrono::Utc::now(),
         "actor": {"kind": "system", "id": "test"},
-        "data": {"type": "t", "queue": "default", "priority": 5, "payload": {"a": "nul\u{0}"},
-                 "run_at": chrono::Utc::now(), "max_attempts": 3, "timeout_seconds": 300,
+        "data": {"type": "t", "queue": "default", "priority": 5, "payload": {"a": 1},
+                 "run_at": before_postgres, "max_attempts": 3, "timeout_seconds": 300,
                  "backoff": {"base_seconds": 5, "max_seconds": 3600}, "metadata": {}}
     });
     let ack = js

@@ -399,7 +399,7 @@ proptest! {
                 prop_assert!(j.attempts <= j.max_attempts, "attempts {} > max_attempts {}", j.attempts, j.max_attempts);
                 prop_assert!(completions <= 1, "completed twice without a retry");
                 prop_assert_eq!(j.lease.is_some(), j.status == Status::Leased);
-                prop_assert_eq!(j.extras().errors.last(), j.extras().last_error.as_ref());
+                prop_assert_eq!(j.extras().errors.last(), j.extras().last_error.as_deref());
             }
         }
     }
