@@ -4,10 +4,48 @@
 //! set per job. Repeatable where the bench's `rss_bytes_per_pending_job` runs with the whole
 //! stack beside it (docs/performance.md, "Memory per pending job").
 //!
+//! It also counts the allocations still live at the end by requested size (the allocator is
+//! wrapped to count them), to set beside the RSS: mimalloc rounds each up to its size class.
+//!
 //! `cargo run --release -p command-svc --example model_memory [-- JOBS [PAYLOAD_BUDGET]]`
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// The service's allocator, counting the live allocations of each requested size (4096 and up
+/// counted together), so the run can say what the resident set holds.
+struct Counted;
+
+static LIVE: [AtomicI64; 4097] = [const { AtomicI64::new(0) }; 4097];
+
+fn count(size: usize, by: i64) {
+    LIVE[size.min(4096)].fetch_add(by, Ordering::Relaxed);
+}
+
+unsafe impl GlobalAlloc for Counted {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size(), 1);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(layout.size(), -1);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(layout.size(), -1);
+        count(new_size, 1);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counted = Counted;
+
+fn live() -> Vec<i64> {
+    LIVE.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+}
 
 use chrono::Utc;
 use command_svc::model::WriteModel;
@@ -39,6 +77,7 @@ fn main() {
     let mut model = WriteModel::default();
     model.set_payload_budget(budget);
     let before = rss_bytes();
+    let live_before = live();
     let started = std::time::Instant::now();
     for seq in 1..=jobs {
         let now = Utc::now();
@@ -69,6 +108,25 @@ fn main() {
         grown >> 20,
         grown / jobs.max(1),
         model.kept_payload_bytes(),
+    );
+    // What stayed allocated, by requested size: one row per size that at least one job in a
+    // thousand holds.
+    let mut requested = 0i64;
+    for (size, (now, then)) in live().into_iter().zip(live_before).enumerate() {
+        let n = now - then;
+        requested += n * size as i64;
+        if n.unsigned_abs() * 1000 >= jobs {
+            println!(
+                "  {n:>9} allocations of {size:>4}{} B: {:.1} per job, {:.1} B per job",
+                if size == 4096 { "+" } else { "" },
+                n as f64 / jobs as f64,
+                (n * size as i64) as f64 / jobs as f64,
+            );
+        }
+    }
+    println!(
+        "  requested bytes still allocated: {:.1} B per job (4096+ counted as 4096)",
+        requested as f64 / jobs as f64
     );
     assert_eq!(model.live_jobs() as u64, jobs);
 }
