@@ -5,14 +5,14 @@
 //! stack beside it (docs/performance.md, "Memory per pending job").
 //!
 //! It also counts the allocations still live at the end by requested size (the allocator is
-//! wrapped to count them), to set beside the RSS: mimalloc rounds each up to its size class.
+//! wrapped to count them), to set beside the RSS: jemalloc rounds each up to its size class.
 //!
 //! `cargo run --release -p command-svc --example model_memory [-- JOBS [PAYLOAD_BUDGET]]`
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// The service's allocator, counting the live allocations of each requested size (4096 and up
+/// The service's allocator (jemalloc), counting the live allocations of each requested size (4096 and up
 /// counted together), so the run can say what the resident set holds.
 struct Counted;
 
@@ -25,18 +25,18 @@ fn count(size: usize, by: i64) {
 unsafe impl GlobalAlloc for Counted {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size(), 1);
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        unsafe { tikv_jemallocator::Jemalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         count(layout.size(), -1);
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        unsafe { tikv_jemallocator::Jemalloc.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count(layout.size(), -1);
         count(new_size, 1);
-        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { tikv_jemallocator::Jemalloc.realloc(ptr, layout, new_size) }
     }
 }
 

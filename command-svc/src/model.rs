@@ -702,7 +702,9 @@ impl WriteModel {
                 }
             }
         }
-        if let (Status::Scheduled | Status::Pending, Some(at)) = (job.status, job.expires_at) {
+        if let (Status::Scheduled | Status::Pending, Some(at)) =
+            (job.status, job.extras().expires_at)
+        {
             self.expiries.push(Reverse((at, id)));
         }
         // Placed once stored: the place lives with the job.
@@ -944,7 +946,7 @@ impl WriteModel {
             self.expiries.pop();
             let waiting = self.job(&id).is_some_and(|j| {
                 matches!(j.status, Status::Scheduled | Status::Pending)
-                    && j.expires_at.is_some_and(|e| e <= now)
+                    && j.extras().expires_at.is_some_and(|e| e <= now)
             });
             if waiting {
                 due.push(Due::Expired { job_id: id });
@@ -968,7 +970,9 @@ impl WriteModel {
     /// Watches a waiting job's expiry again at `at` (its `JobExpired` append did not go through).
     pub fn rewatch_expiry(&mut self, id: &Uuid, at: DateTime<Utc>) {
         if let Some(j) = self.job(id) {
-            if matches!(j.status, Status::Scheduled | Status::Pending) && j.expires_at.is_some() {
+            if matches!(j.status, Status::Scheduled | Status::Pending)
+                && j.extras().expires_at.is_some()
+            {
                 self.expiries.push(Reverse((at, *id)));
             }
         }

@@ -80,18 +80,18 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             max_attempts: *max_attempts,
             run_at: *run_at,
             timeout_seconds: *timeout_seconds,
-            backoff: *backoff,
             created_at: at,
             updated_at: at,
             lease: None,
             metadata: metadata.into(),
             cancel_requested: false,
-            expires_at: *expires_at,
             version: 1,
             last_event_seq: rec.seq,
             last_event_hash: Some(env.digest()),
             payload_seq: rec.seq,
             extras: MaybeExtras::new(Extras {
+                backoff: *backoff,
+                expires_at: *expires_at,
                 unique: unique.clone().map(Box::new),
                 limits: limits.clone().map(Box::new),
                 depends_on: depends_on.clone(),
@@ -298,7 +298,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             x.dead_lettered_at = None;
             x.completed_at = None;
             // Retried by a person: it runs whenever a worker takes it.
-            j.expires_at = None;
+            x.expires_at = None;
         }
         JobEvent::Purged {} => {
             if !j.status.is_terminal() {

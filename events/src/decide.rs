@@ -161,7 +161,7 @@ pub fn decide(
             if status != Status::Pending || job.cancel_requested {
                 return Err(Rejection::InvalidState(status));
             }
-            if job.expires_at.is_some_and(|e| e <= now) {
+            if job.extras().expires_at.is_some_and(|e| e <= now) {
                 // Its expiry is due: `Expire` discards it.
                 return Err(Rejection::InvalidState(status));
             }
@@ -223,7 +223,7 @@ pub fn decide(
             } else {
                 let delay = retry_after_seconds
                     .map(|s| Duration::seconds(s as i64))
-                    .unwrap_or_else(|| backoff_delay(job.backoff, job, job.attempts));
+                    .unwrap_or_else(|| backoff_delay(job.extras().backoff, job, job.attempts));
                 JobEvent::Failed {
                     lease_id: *lease_id,
                     error: error.clone(),
@@ -255,7 +255,7 @@ pub fn decide(
                 },
                 Some(_) => JobEvent::LeaseExpired {
                     lease_id: *lease_id,
-                    next_run_at: now + backoff_delay(job.backoff, job, job.attempts),
+                    next_run_at: now + backoff_delay(job.extras().backoff, job, job.attempts),
                 },
             }
         }
@@ -297,7 +297,7 @@ pub fn decide(
                 queue: spec.queue.clone(),
             }
         }
-        Command::Expire => match (status, job.expires_at) {
+        Command::Expire => match (status, job.extras().expires_at) {
             (Status::Scheduled | Status::Pending, Some(at)) if at <= now => {
                 JobEvent::Expired { expires_at: at }
             }

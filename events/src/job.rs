@@ -65,12 +65,16 @@ pub struct Backoff {
     pub max_seconds: u32,
 }
 
+impl Backoff {
+    pub const DEFAULT: Backoff = Backoff {
+        base_seconds: 5,
+        max_seconds: 3600,
+    };
+}
+
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            base_seconds: 5,
-            max_seconds: 3600,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -145,9 +149,10 @@ pub struct JobError {
 /// A job's state: the fold of its events. Its JSON form is [`wire::Job`]'s, field for field.
 ///
 /// The parts few waiting jobs have (progress, result, errors, end times, uniqueness, limits,
-/// dependencies) live in one allocation of their own, [`Extras`], that a job without any of them
-/// does without: the write model holds every waiting job, and a million of them paid for
-/// 120 bytes of empty fields each (docs/performance.md, "Memory per pending job").
+/// dependencies, an expiry, a backoff other than the default) live in one allocation of their
+/// own, [`Extras`], that a job without any of them does without: the write model holds every
+/// waiting job, and a million of them paid for 140 bytes of empty fields each
+/// (docs/performance.md, "Memory per pending job").
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "wire::Job")]
 pub struct Job {
@@ -162,14 +167,11 @@ pub struct Job {
     pub max_attempts: u32,
     pub run_at: DateTime<Utc>,
     pub timeout_seconds: u32,
-    pub backoff: Backoff,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub lease: Option<Box<Lease>>,
     pub metadata: Json,
     pub cancel_requested: bool,
-    /// A job still scheduled or pending at this instant is discarded (`JobExpired`).
-    pub expires_at: Option<DateTime<Utc>>,
     /// Counts the job's events; the job's ETag.
     pub version: u64,
     /// Stream sequence of the job's last event: the expected last subject sequence of the
@@ -189,6 +191,10 @@ pub struct Job {
 /// `Extras` (about 150 bytes) and that part.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Extras {
+    /// Its retry backoff (most jobs keep the default, which needs no extras).
+    pub backoff: Backoff,
+    /// A job still scheduled or pending at this instant is discarded (`JobExpired`).
+    pub expires_at: Option<DateTime<Utc>>,
     pub progress: Option<Json>,
     pub result: Option<Json>,
     pub last_error: Option<Box<JobError>>,
@@ -207,6 +213,8 @@ pub struct Extras {
 
 /// What a job without extras reads.
 static NO_EXTRAS: Extras = Extras {
+    backoff: Backoff::DEFAULT,
+    expires_at: None,
     progress: None,
     result: None,
     last_error: None,
@@ -355,18 +363,18 @@ pub mod wire {
                 max_attempts: w.max_attempts,
                 run_at: w.run_at,
                 timeout_seconds: w.timeout_seconds,
-                backoff: w.backoff,
                 created_at: w.created_at,
                 updated_at: w.updated_at,
                 lease: w.lease,
                 metadata: w.metadata,
                 cancel_requested: w.cancel_requested,
-                expires_at: w.expires_at,
                 version: w.version,
                 last_event_seq: w.last_event_seq,
                 last_event_hash: w.last_event_hash,
                 payload_seq: 0,
                 extras: super::MaybeExtras::new(super::Extras {
+                    backoff: w.backoff,
+                    expires_at: w.expires_at,
                     progress: w.progress,
                     result: w.result,
                     last_error: w.last_error.map(Box::new),
@@ -388,7 +396,7 @@ pub mod wire {
             use serde::ser::SerializeStruct;
             let x = self.extras();
             let optional = [
-                self.expires_at.is_some(),
+                x.expires_at.is_some(),
                 x.unique.is_some(),
                 x.limits.is_some(),
                 !x.depends_on.is_empty(),
@@ -407,7 +415,7 @@ pub mod wire {
             st.serialize_field("max_attempts", &self.max_attempts)?;
             st.serialize_field("run_at", &self.run_at)?;
             st.serialize_field("timeout_seconds", &self.timeout_seconds)?;
-            st.serialize_field("backoff", &self.backoff)?;
+            st.serialize_field("backoff", &x.backoff)?;
             st.serialize_field("created_at", &self.created_at)?;
             st.serialize_field("updated_at", &self.updated_at)?;
             st.serialize_field("lease", &self.lease)?;
@@ -420,7 +428,7 @@ pub mod wire {
             st.serialize_field("dead_lettered_at", &x.dead_lettered_at)?;
             st.serialize_field("completed_at", &x.completed_at)?;
             if optional[0] {
-                st.serialize_field("expires_at", &self.expires_at)?;
+                st.serialize_field("expires_at", &x.expires_at)?;
             }
             if optional[1] {
                 st.serialize_field("unique", &x.unique)?;

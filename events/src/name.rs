@@ -11,11 +11,13 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A thin pointer (8 bytes, where an `Arc<str>` takes 16): a job holds two, and the write
+/// model's slot stays within a size class (`command_svc::model`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(Arc<str>);
+pub struct Name(Arc<Box<str>>);
 
 struct Table {
-    names: HashSet<Arc<str>>,
+    names: HashSet<Name>,
     /// Its size after it last dropped unused names.
     kept: usize,
 }
@@ -31,15 +33,15 @@ impl Name {
     pub fn new(s: &str) -> Self {
         let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = t.names.get(s) {
-            return Name(n.clone());
+            return n.clone();
         }
         if t.names.len() >= 1024 && t.names.len() >= 2 * t.kept {
-            t.names.retain(|n| Arc::strong_count(n) > 1);
+            t.names.retain(|n| Arc::strong_count(&n.0) > 1);
             t.kept = t.names.len();
         }
-        let n: Arc<str> = Arc::from(s);
+        let n = Name(Arc::new(Box::from(s)));
         t.names.insert(n.clone());
-        Name(n)
+        n
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,19 +70,19 @@ impl AsRef<str> for Name {
 
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
+        **self.0 == **other
     }
 }
 
 impl PartialEq<String> for Name {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        **self.0 == **other
     }
 }
 
 impl PartialEq<Name> for String {
     fn eq(&self, other: &Name) -> bool {
-        **self == *other.0
+        **self == **other.0
     }
 }
 

@@ -146,7 +146,7 @@ async fn explain(
             "EXPIRED",
             "no worker started the job before its expires_at; it was discarded (retry runs it)"
                 .into(),
-            json!({ "expires_at": job.expires_at }),
+            json!({ "expires_at": job.extras().expires_at }),
         )),
         Status::Completed | Status::Cancelled => reasons.push(reason(
             "FINISHED",
