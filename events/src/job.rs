@@ -264,8 +264,9 @@ impl Job {
         self.extras.0.get_or_insert_with(Box::default)
     }
 
-    /// Gives the allocation of a job's extras back once every part is empty again.
-    pub fn shed_extras(&mut self) {
+    /// Gives the allocation of a job's extras back once every part is empty again (`apply`
+    /// does, after every event).
+    pub(crate) fn shed_extras(&mut self) {
         if self.extras.0.as_deref() == Some(&NO_EXTRAS) {
             self.extras.0 = None;
         }

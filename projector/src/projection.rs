@@ -232,8 +232,8 @@ async fn record_workers(tx: &mut sqlx::PgConnection, recs: &[Recorded]) -> anyho
     Ok(())
 }
 
-/// The `jobs` rows of a batch, column by column. The document is bound as the job itself and
-/// serialized straight into the bind buffer (no `serde_json::Value` in between).
+/// The `jobs` rows of a batch, column by column. The document is the job serialized straight
+/// to its JSON text (no `serde_json::Value` in between), bound as text for the `json` column.
 #[derive(Default)]
 struct Rows {
     id: Vec<Uuid>,
