@@ -599,7 +599,7 @@ impl Engine {
             let now = common::now();
             let current = self.current_state(tenant, job_id).await?;
             let stale = match (&current, if_match) {
-                (Some(j), Some(v)) => j.version != v,
+                (Some(j), Some(v)) => u64::from(j.version) != v,
                 _ => false,
             };
             let decision = match &current {
@@ -635,7 +635,7 @@ impl Engine {
                 }
                 Err(_) if stale => {
                     return Err(ApiError::PreconditionFailed(
-                        current.map_or(0, |j| j.version),
+                        current.map_or(0, |j| u64::from(j.version)),
                     ));
                 }
                 Err(r) => return Err(r.into()),

@@ -9,7 +9,7 @@
 //! flight — and its `Slot`'s place says which.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +18,9 @@ use events::{apply, ApplyError, Job, Name, Recorded, Status};
 use uuid::Uuid;
 
 use crate::payloads::{self, Kept};
+
+mod ready_keys;
+use ready_keys::ReadyKeys;
 
 type KeyLeased = HashMap<(Uuid, String), u32>;
 type KeyStarts = HashMap<(Uuid, String), VecDeque<DateTime<Utc>>>;
@@ -84,7 +87,7 @@ fn ready_key(job: &Job) -> Key {
 #[derive(Default)]
 struct Level {
     rotation: VecDeque<Uuid>,
-    tenants: HashMap<Uuid, BTreeSet<Key>>,
+    tenants: HashMap<Uuid, ReadyKeys<Key>>,
 }
 
 #[derive(Default)]
@@ -92,24 +95,65 @@ struct TypeIndex {
     levels: BTreeMap<Reverse<u8>, Level>,
 }
 
-/// Where a job is (16 bytes: a million pending jobs each have one).
+/// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Place {
     /// In the ready index, under its stored job's type, priority, tenant and [`ready_key`]:
     /// every change to a stored job unplaces it first, so the stored job is the placed one.
     Ready,
-    /// In the timer heap, armed for this instant (heap entries for other instants are stale).
-    Waiting(DateTime<Utc>),
+    /// In the timer heap, armed for this instant ([`waiting`]; heap entries for other
+    /// instants are stale).
+    Waiting(i64),
     Taken,
     /// Waiting for the jobs it depends on.
     Blocked,
 }
 
-/// A job the model holds, and where it is: one allocation (the place fits in the padding of
-/// the job's size class, where a table of places cost about 70 bytes per job).
+/// A job armed for `at`: its instant as [`nanos`], above the values [`Packed`] keeps for the
+/// other places.
+fn waiting(at: DateTime<Utc>) -> Place {
+    Place::Waiting(nanos(at).max(Packed::FIRST_INSTANT))
+}
+
+/// An `Option<Place>` in 8 bytes where the enum takes 16: the armed instant, or one of four
+/// values below any instant [`waiting`] gives. A million pending jobs each have one, and the 8
+/// bytes are what puts a slot in the 192-byte size class.
+#[derive(Clone, Copy, PartialEq)]
+struct Packed(i64);
+
+impl Packed {
+    const NOWHERE: i64 = i64::MIN;
+    const READY: i64 = i64::MIN + 1;
+    const TAKEN: i64 = i64::MIN + 2;
+    const BLOCKED: i64 = i64::MIN + 3;
+    const FIRST_INSTANT: i64 = i64::MIN + 4;
+
+    fn new(place: Option<Place>) -> Self {
+        Self(match place {
+            None => Self::NOWHERE,
+            Some(Place::Ready) => Self::READY,
+            Some(Place::Taken) => Self::TAKEN,
+            Some(Place::Blocked) => Self::BLOCKED,
+            Some(Place::Waiting(at)) => at.max(Self::FIRST_INSTANT),
+        })
+    }
+
+    fn get(self) -> Option<Place> {
+        match self.0 {
+            Self::NOWHERE => None,
+            Self::READY => Some(Place::Ready),
+            Self::TAKEN => Some(Place::Taken),
+            Self::BLOCKED => Some(Place::Blocked),
+            at => Some(Place::Waiting(at)),
+        }
+    }
+}
+
+/// A job the model holds, and where it is: one allocation of 192 bytes (a table of places cost
+/// about 70 bytes per job).
 struct Slot {
     job: Job,
-    place: Option<Place>,
+    place: Packed,
 }
 
 /// The jobs the model holds, each found by its own id: a hash table of pointers to boxed
@@ -329,7 +373,7 @@ impl WriteModel {
                         debug_assert_eq!(j.id, id);
                         self.jobs.insert_new(Box::new(Slot {
                             job: j,
-                            place: None,
+                            place: Packed::new(None),
                         }));
                         None
                     }
@@ -489,13 +533,13 @@ impl WriteModel {
 
     /// Where a job is (None: nowhere, or not held).
     fn place(&self, id: &Uuid) -> Option<Place> {
-        self.jobs.get(id).and_then(|slot| slot.place)
+        self.jobs.get(id).and_then(|slot| slot.place.get())
     }
 
     /// Records where a held job is (nothing, for a job not held).
     fn set_place(&mut self, id: &Uuid, place: Option<Place>) {
         if let Some(slot) = self.jobs.get_mut(id) {
-            slot.place = place;
+            slot.place = Packed::new(place);
         }
     }
 
@@ -575,7 +619,7 @@ impl WriteModel {
     /// Watches a held job's time (its `run_at`, or its lease's expiry).
     fn arm(&mut self, id: Uuid, at: DateTime<Utc>) {
         self.timers.push(Reverse((at, id)));
-        self.set_place(&id, Some(Place::Waiting(at)));
+        self.set_place(&id, Some(waiting(at)));
     }
 
     /// Forgets a job (purged).
@@ -738,7 +782,7 @@ impl WriteModel {
         let Some(slot) = self.jobs.get_mut(id) else {
             return;
         };
-        slot.place = Some(Place::Ready);
+        slot.place = Packed::new(Some(Place::Ready));
         let job = &slot.job;
         self.woken.push((job.job_type.clone(), job.queue.clone()));
         let level = self
@@ -759,11 +803,11 @@ impl WriteModel {
         let Some(slot) = self
             .jobs
             .get_mut(id)
-            .filter(|s| s.place == Some(Place::Ready))
+            .filter(|s| s.place.get() == Some(Place::Ready))
         else {
             return;
         };
-        slot.place = None;
+        slot.place = Packed::new(None);
         let job = &slot.job;
         let (priority, tenant, key) = (job.priority, job.tenant_id, ready_key(job));
         let Some(idx) = self.ready.get_mut(&job.job_type) else {
@@ -906,7 +950,7 @@ impl WriteModel {
             }
             self.timers.pop();
             // Only the entry the job is armed for counts; others are stale.
-            if self.place(&id) != Some(Place::Waiting(at)) {
+            if self.place(&id) != Some(waiting(at)) {
                 continue;
             }
             let Some(job) = self.job(&id) else {

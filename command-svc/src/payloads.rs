@@ -42,9 +42,9 @@ pub fn may_leave(job: &events::Job) -> bool {
     ) && job.payload_seq != 0
 }
 
-/// Memory counted for one kept payload beside its text: its shared allocation's header and
-/// its entry here.
-const OVERHEAD: usize = 40;
+/// Memory counted for one kept payload beside its text: the header of its shared allocation
+/// (two counts, the text's pointer and length: 32 bytes) and its entry here (24).
+const OVERHEAD: usize = 56;
 
 /// The payloads kept in memory, in the order their jobs were stored, within a budget.
 #[derive(Debug)]

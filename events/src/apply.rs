@@ -306,7 +306,7 @@ pub fn apply(job: Option<&Job>, rec: &Recorded) -> Result<Job, ApplyError> {
             }
         }
     }
-    j.version += 1;
+    j.version = j.version.saturating_add(1);
     j.last_event_seq = rec.seq;
     j.last_event_hash = Some(env.digest());
     j.updated_at = at;

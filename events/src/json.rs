@@ -1,5 +1,5 @@
 //! JSON a job carries but no rule looks into (payload, metadata, progress, result), kept as
-//! its compact text behind a shared pointer.
+//! its compact text behind a shared, thin pointer.
 //!
 //! A `serde_json::Value` map costs a B-tree node of about 640 bytes even for three keys, plus an
 //! allocation per key and string; the text of the seed's payload is 180 bytes. Every event a
@@ -17,8 +17,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// One pointer (8 bytes): the text's length lives with it on the heap, not beside the pointer
+/// as in an `Arc<RawValue>`. A job holds two (payload and metadata), and a million waiting jobs
+/// a million of each: most share one text (`{}`, or a payload dropped from memory), so the
+/// second allocation costs only the distinct ones.
 #[derive(Clone)]
-pub struct Json(Arc<RawValue>);
+pub struct Json(Arc<Box<RawValue>>);
 
 impl Json {
     /// The compact text.
@@ -36,13 +40,13 @@ impl Json {
         if text == "{}" {
             return Ok(EMPTY_OBJECT.clone());
         }
-        Ok(Json(Arc::from(RawValue::from_string(text)?)))
+        Ok(Json(Arc::new(RawValue::from_string(text)?)))
     }
 }
 
 /// `{}`, shared: most jobs' metadata.
 static EMPTY_OBJECT: LazyLock<Json> = LazyLock::new(|| {
-    Json(Arc::from(
+    Json(Arc::new(
         RawValue::from_string("{}".into()).expect("valid JSON"),
     ))
 });
@@ -53,7 +57,7 @@ impl From<&Value> for Json {
             return EMPTY_OBJECT.clone();
         }
         let raw = serde_json::value::to_raw_value(v).expect("a Value always serializes");
-        Json(Arc::from(raw))
+        Json(Arc::new(raw))
     }
 }
 

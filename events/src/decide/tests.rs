@@ -378,7 +378,7 @@ proptest! {
             match g.when(&cmd, now) {
                 Ok(events) => {
                     if let (Some(b), Some(a)) = (&before, &g.job) {
-                        prop_assert_eq!(a.version, b.version + events.len() as u64);
+                        prop_assert_eq!(a.version, b.version + events.len() as u32);
                     }
                 }
                 Err(_) => prop_assert_eq!(&before, &g.job, "a refused command changes nothing"),
