@@ -660,6 +660,13 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
                 "restart_stop_s".into(),
                 json!(timed.map(|(stop, _)| r3(stop))),
             );
+            // The restarted process holds the same jobs, placed from its snapshot.
+            if timed.is_some() {
+                f.insert(
+                    "command_rss_bytes_after_restart".into(),
+                    json!(stack.command_rss()),
+                );
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 /// jemalloc instead of glibc's malloc, which under load was a fifth of command-svc's CPU, and
 /// instead of mimalloc, which the other services use: with a million pending jobs in the write
-/// model, jemalloc holds each job's 224-byte slot in 224 bytes where mimalloc's resident set
-/// grew as for 256 (docs/performance.md, "Memory per pending job").
+/// model, jemalloc holds each job's slot in its size class where mimalloc's resident set grew
+/// as for the next one (docs/performance.md, "Memory per pending job").
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1113,6 +1113,10 @@ impl WriteModel {
         for job in jobs {
             model.put(job, now);
         }
+        // The snapshot's order is the job table's, not the ready index's.
+        for level in model.ready.values_mut().flat_map(|i| i.levels.values_mut()) {
+            level.tenants.values_mut().for_each(ReadyKeys::compact);
+        }
         model
     }
 }
