@@ -76,6 +76,10 @@ struct Args {
     /// asked, and draining) and print its lease latency percentiles, nothing else.
     #[arg(long)]
     paced_only: Option<f64>,
+    /// For profiling: run only the query phase, as this tenant (one an earlier `--seed` run
+    /// filled: its id is the tenant_id of the read model's jobs), and print its percentiles.
+    #[arg(long)]
+    queries_only: Option<Uuid>,
 }
 
 /// One stack under test.
@@ -607,6 +611,15 @@ fn r3(x: f64) -> f64 {
 
 /// Every phase against one stack; its figures.
 async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Value> {
+    if let Some(tenant) = args.queries_only {
+        let ctx = Arc::new(Ctx {
+            http: http.clone(),
+            gateway: stack.gateway.clone(),
+            token: token(&args.jwt_key, tenant, &["admin", "member"])?,
+        });
+        let (list, get) = queries(&ctx, args.seconds).await?;
+        return Ok(json!({"list_p99_ms": list, "get_p99_ms": get}));
+    }
     let tenant = Uuid::new_v4();
     let admin = token(&args.jwt_key, tenant, &["admin", "member"])?;
     // The benchmark's tenant gets limits out of the way: we measure the service, not the plan.

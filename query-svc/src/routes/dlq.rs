@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
-use common::error::{envelope, list_envelope, Page};
+use common::error::{direct_list_envelope, envelope, Page};
 use common::json::ApiQuery;
 use common::{ApiError, ApiResult};
 use events::validate::check_name;
@@ -108,7 +108,11 @@ async fn list(
             row.get::<DateTime<Utc>, _>("dead_lettered_at"),
             row.get::<Uuid, _>("id"),
         ));
-        items.push(row.get::<Value, _>("doc"));
+        // As stored: copied into the answer, not parsed and printed again.
+        items.push(
+            row.get::<sqlx::types::Json<Box<serde_json::value::RawValue>>, _>("doc")
+                .0,
+        );
     }
     let next_cursor = if has_more {
         last.map(|p| s.cursor.encode(&p, &scope))
@@ -116,7 +120,7 @@ async fn list(
         None
     };
     Ok(stamp(
-        list_envelope(
+        direct_list_envelope(
             items,
             Page {
                 next_cursor,

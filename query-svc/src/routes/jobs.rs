@@ -9,14 +9,16 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use common::auth::AuthUser;
-use common::error::{envelope, list_envelope, Page};
+use common::error::{direct_envelope, direct_list_envelope, list_envelope, Page};
 use common::json::ApiQuery;
 use common::openapi::{Envelope, ListEnvelope, ReadHeaders};
 use common::{ApiError, ApiResult};
 use events::validate::{check_name, check_priority};
 use events::Status;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -63,11 +65,22 @@ pub fn db_error(e: sqlx::Error) -> ApiError {
 
 /// The job as the API shows it: the stored fold, with a scheduled job whose time has come
 /// shown as pending.
-fn render(mut doc: Value, status: &str, run_at: DateTime<Utc>, now: DateTime<Utc>) -> Value {
-    if status == Status::Scheduled.as_str() && run_at <= now {
-        doc["status"] = json!(Status::Pending.as_str());
+fn render(
+    doc: Json<Box<RawValue>>,
+    status: &str,
+    run_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Box<RawValue> {
+    let doc = doc.0;
+    if status != Status::Scheduled.as_str() || run_at > now {
+        // As stored: copied into the answer, not parsed and printed again.
+        return doc;
     }
-    doc
+    let Ok(mut v) = serde_json::from_str::<Value>(doc.get()) else {
+        return doc;
+    };
+    v["status"] = json!(Status::Pending.as_str());
+    serde_json::value::to_raw_value(&v).unwrap_or(doc)
 }
 
 pub fn parse_id(id: &str) -> ApiResult<Uuid> {
@@ -287,7 +300,7 @@ async fn list(
     let mut items = Vec::with_capacity(rows.len().min(limit as usize));
     let mut last: Option<(DateTime<Utc>, Uuid)> = None;
     for row in rows.into_iter().take(limit as usize) {
-        let doc: Value = row.get("doc");
+        let doc: Json<Box<RawValue>> = row.get("doc");
         let status: String = row.get("status");
         let run_at: DateTime<Utc> = row.get("run_at");
         last = Some((row.get("created_at"), row.get("id")));
@@ -303,7 +316,7 @@ async fn list(
         has_more,
         limit: limit as u32,
     };
-    Ok(stamp(list_envelope(items, page), seq))
+    Ok(stamp(direct_list_envelope(items, page), seq))
 }
 
 /// Get one job
@@ -344,7 +357,7 @@ async fn get_one(
         row.get("run_at"),
         Utc::now(),
     );
-    let mut res = stamp(envelope(axum::http::StatusCode::OK, job), seq);
+    let mut res = stamp(direct_envelope(axum::http::StatusCode::OK, job), seq);
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         res.headers_mut().insert(header::ETAG, v);
     }
