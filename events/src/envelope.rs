@@ -86,6 +86,15 @@ impl Envelope {
 
     /// Decodes an envelope of any known schema version, upcasting older ones.
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // Nearly every event is of this build's version: one pass decodes it (the version
+        // peek below was a fifth of the decode: 2.6 µs against 2.1 for the bench's
+        // `JobEnqueued`, `examples/decode_speed.rs`). Anything else (an older or newer version,
+        // or an error) takes the path below, which says what it is.
+        if let Ok(env) = serde_json::from_slice::<Self>(bytes) {
+            if env.schema_version == SCHEMA_VERSION {
+                return Ok(env);
+            }
+        }
         /// Only the version, the rest skipped unread: an event of this version decodes
         /// straight from the bytes, with no `serde_json::Value` in between (the follower and
         /// the projector decode every event).
@@ -257,6 +266,42 @@ pub struct Recorded {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An event of this version decodes in one pass; the same event marked with a newer
+    /// version is refused as too new (even though its fields would decode), and bytes that are
+    /// no envelope say so.
+    #[test]
+    fn from_json_takes_this_version_refuses_a_newer_one_and_says_what_is_wrong() {
+        let env = Envelope {
+            event_id: Uuid::now_v7(),
+            schema_version: SCHEMA_VERSION,
+            tenant_id: Uuid::new_v4(),
+            job_id: Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            actor: Actor::system("test"),
+            prev_hash: Some("ab".repeat(32)),
+            event: JobEvent::Cancelled {
+                reason: Some("no longer needed".into()),
+                error: None,
+            },
+        };
+        let bytes = env.to_json();
+        let back = Envelope::from_json(&bytes).unwrap();
+        assert_eq!(back.to_json(), bytes);
+        assert_eq!(back.digest(), env.digest());
+
+        let mut newer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        newer["schema_version"] = json!(SCHEMA_VERSION + 1);
+        let newer = serde_json::to_vec(&newer).unwrap();
+        assert!(matches!(
+            Envelope::from_json(&newer),
+            Err(DecodeError::TooNew(v)) if v == SCHEMA_VERSION + 1
+        ));
+        assert!(matches!(
+            Envelope::from_json(b"{\"schema_version\": 2"),
+            Err(DecodeError::Json(_))
+        ));
+    }
 
     /// Every stored hash chain was written by the first implementation of `canonical` and
     /// `hash`. These answers were computed with it (and checked equal to the current one when
