@@ -209,29 +209,27 @@ pub struct Page {
     pub limit: u32,
 }
 
-/// A success envelope around `data`.
+/// A success envelope around `data`, its keys sorted (it goes through a `Value`).
 pub fn envelope(status: StatusCode, data: impl Serialize) -> Response {
-    let body = json!({ "data": data, "error": null, "meta": meta() });
-    (status, Json(body)).into_response()
+    direct_envelope(status, json!(data))
 }
 
-/// A success envelope around a list, with its page.
+/// A success envelope around a list, with its page; `data`'s keys sorted (through a `Value`).
 pub fn list_envelope(data: impl Serialize, page: Page) -> Response {
-    let body = json!({ "data": data, "error": null, "page": page, "meta": meta() });
-    (StatusCode::OK, Json(body)).into_response()
+    direct_list_envelope(json!(data), page)
 }
 
 /// A success envelope written straight from `data`, with no `Value` in between: for stored
 /// JSON texts (`RawValue`s) that it copies instead of parsing and printing again. The
-/// envelope's own keys come in the order `envelope` and `list_envelope` write them; `data`'s
-/// keys in its own order.
+/// envelope's keys are in sorted order, as a `Value` map writes them; `data`'s in its own.
 #[derive(Serialize)]
 struct Direct<T: Serialize> {
     data: T,
     error: Option<()>,
     meta: Value,
+    /// Through a `Value` too: its keys sorted, as before.
     #[serde(skip_serializing_if = "Option::is_none")]
-    page: Option<Page>,
+    page: Option<Value>,
 }
 
 /// [`envelope`], with `data` written as it is (see [`Direct`]).
@@ -251,7 +249,7 @@ pub fn direct_list_envelope(data: impl Serialize, page: Page) -> Response {
         data,
         error: None,
         meta: meta(),
-        page: Some(page),
+        page: Some(json!(page)),
     };
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -259,4 +257,53 @@ pub fn direct_list_envelope(data: impl Serialize, page: Page) -> Response {
 /// Fallback for unknown routes: a 404 in the envelope.
 pub async fn not_found_fallback() -> ApiError {
     ApiError::NotFound("no such route".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body's text with its `meta` (fresh ids outside a request) written as `{}`.
+    async fn body(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        without_meta(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    fn without_meta(text: String) -> String {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        text.replace(&v["meta"].to_string(), "{}")
+    }
+
+    /// `envelope` and `list_envelope` write the bytes their `json!` bodies wrote (every key
+    /// sorted); the direct ones differ only in keeping `data`'s own order.
+    #[tokio::test]
+    async fn envelopes_write_what_their_value_bodies_wrote() {
+        #[derive(Serialize)]
+        struct Item {
+            z: u8,
+            a: &'static str,
+        }
+        let page = || Page {
+            next_cursor: Some("c".into()),
+            has_more: true,
+            limit: 20,
+        };
+        let item = || vec![Item { z: 1, a: "x" }];
+        let one = json!({ "data": item(), "error": null, "meta": meta() });
+        let list = json!({ "data": item(), "error": null, "page": page(), "meta": meta() });
+        assert_eq!(
+            body(envelope(StatusCode::CREATED, item())).await,
+            without_meta(one.to_string())
+        );
+        assert_eq!(
+            body(list_envelope(item(), page())).await,
+            without_meta(list.to_string())
+        );
+        assert_eq!(
+            body(direct_list_envelope(item(), page())).await,
+            without_meta(list.to_string()).replace(r#"{"a":"x","z":1}"#, r#"{"z":1,"a":"x"}"#)
+        );
+    }
 }

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::freshness::{stamp, wait_for};
-use crate::routes::jobs::{check_limit, db_error, parse_id, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::routes::jobs::{check_limit, db_error, parse_id, stored_doc, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::startup::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -108,11 +108,7 @@ async fn list(
             row.get::<DateTime<Utc>, _>("dead_lettered_at"),
             row.get::<Uuid, _>("id"),
         ));
-        // As stored: copied into the answer, not parsed and printed again.
-        items.push(
-            row.get::<sqlx::types::Json<Box<serde_json::value::RawValue>>, _>("doc")
-                .0,
-        );
+        items.push(stored_doc(&row));
     }
     let next_cursor = if has_more {
         last.map(|p| s.cursor.encode(&p, &scope))

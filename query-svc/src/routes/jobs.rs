@@ -18,6 +18,7 @@ use events::Status;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
 use utoipa::{IntoParams, ToSchema};
@@ -66,14 +67,12 @@ pub fn db_error(e: sqlx::Error) -> ApiError {
 /// The job as the API shows it: the stored fold, with a scheduled job whose time has come
 /// shown as pending.
 fn render(
-    doc: Json<Box<RawValue>>,
+    doc: Box<RawValue>,
     status: &str,
     run_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Box<RawValue> {
-    let doc = doc.0;
     if status != Status::Scheduled.as_str() || run_at > now {
-        // As stored: copied into the answer, not parsed and printed again.
         return doc;
     }
     let Ok(mut v) = serde_json::from_str::<Value>(doc.get()) else {
@@ -81,6 +80,12 @@ fn render(
     };
     v["status"] = json!(Status::Pending.as_str());
     serde_json::value::to_raw_value(&v).unwrap_or(doc)
+}
+
+/// A row's stored job document (`doc`), as its JSON text: copied into an answer, not parsed
+/// and printed again.
+pub fn stored_doc(row: &PgRow) -> Box<RawValue> {
+    row.get::<Json<Box<RawValue>>, _>("doc").0
 }
 
 pub fn parse_id(id: &str) -> ApiResult<Uuid> {
@@ -300,7 +305,7 @@ async fn list(
     let mut items = Vec::with_capacity(rows.len().min(limit as usize));
     let mut last: Option<(DateTime<Utc>, Uuid)> = None;
     for row in rows.into_iter().take(limit as usize) {
-        let doc: Json<Box<RawValue>> = row.get("doc");
+        let doc = stored_doc(&row);
         let status: String = row.get("status");
         let run_at: DateTime<Utc> = row.get("run_at");
         last = Some((row.get("created_at"), row.get("id")));
@@ -352,7 +357,7 @@ async fn get_one(
     .ok_or_else(ApiError::not_found)?;
     let version: i64 = row.get("version");
     let job = render(
-        row.get("doc"),
+        stored_doc(&row),
         row.get::<String, _>("status").as_str(),
         row.get("run_at"),
         Utc::now(),
