@@ -15,8 +15,63 @@
 
 use std::time::Duration;
 
+use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, Opts};
 use sqlx::{Executor, PgPool};
 use tokio_util::sync::CancellationToken;
+
+/// What the upkeep shows on `/metrics`: whether it runs here at all, whether a round is
+/// running now, how many rounds have finished and what they did. A bulk load is followed by
+/// its vacuum (insert rule), which writes the loaded pages once more; an operator (or the
+/// bench, before it measures) sees when that is over.
+#[derive(Clone)]
+pub struct UpkeepMetrics {
+    enabled: IntGauge,
+    running: IntGauge,
+    rounds: IntCounter,
+    seconds: Counter,
+    done: IntCounterVec,
+}
+
+impl UpkeepMetrics {
+    pub fn new(m: &common::metrics::Metrics) -> Self {
+        let s = Self {
+            enabled: IntGauge::new(
+                "jobs_projector_upkeep_enabled",
+                "1 if the projector vacuums and analyzes the read model itself (autovacuum off, or JOBS_PROJECTOR_MAINTENANCE=always).",
+            )
+            .expect("valid"),
+            running: IntGauge::new(
+                "jobs_projector_upkeep_running",
+                "1 while an upkeep round (VACUUM/ANALYZE of the read model) runs.",
+            )
+            .expect("valid"),
+            rounds: IntCounter::new(
+                "jobs_projector_upkeep_rounds_total",
+                "Upkeep rounds finished, whether or not a table needed anything.",
+            )
+            .expect("valid"),
+            seconds: Counter::new(
+                "jobs_projector_upkeep_seconds_total",
+                "Time spent in upkeep rounds.",
+            )
+            .expect("valid"),
+            done: IntCounterVec::new(
+                Opts::new(
+                    "jobs_projector_upkeep_tables_total",
+                    "Tables vacuumed (with analyze) or analyzed by upkeep rounds.",
+                ),
+                &["table", "action"],
+            )
+            .expect("valid"),
+        };
+        m.register(&s.enabled);
+        m.register(&s.running);
+        m.register(&s.rounds);
+        m.register(&s.seconds);
+        m.register(&s.done);
+        s
+    }
+}
 
 /// The tables the projector writes most, in the order they are vacuumed.
 const TABLES: [&str; 6] = [
@@ -86,7 +141,7 @@ const VACUUM_COST: &str = "SET vacuum_cost_delay = '2ms'; SET vacuum_cost_limit 
 
 /// One round: each table vacuumed or analyzed if it needs it (simple protocol: VACUUM cannot
 /// be prepared inside a transaction block). Returns how many tables got either.
-pub async fn round(pool: &PgPool) -> anyhow::Result<usize> {
+pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usize> {
     let mut done = 0;
     for table in TABLES {
         let counts: Option<(i64, i64, i64, i64)> = sqlx::query_as(
@@ -106,10 +161,10 @@ pub async fn round(pool: &PgPool) -> anyhow::Result<usize> {
             inserted,
             modified,
         };
-        let sql = match upkeep(counts) {
+        let (sql, action) = match upkeep(counts) {
             Upkeep::Nothing => continue,
-            Upkeep::Analyze => format!("ANALYZE {table}"),
-            Upkeep::Vacuum => format!("VACUUM (ANALYZE) {table}"),
+            Upkeep::Analyze => (format!("ANALYZE {table}"), "analyze"),
+            Upkeep::Vacuum => (format!("VACUUM (ANALYZE) {table}"), "vacuum"),
         };
         // Throttled as autovacuum throttles itself (2 ms of sleep per 200 cost units): a
         // manual VACUUM runs at full speed by default, and on a 2-core machine one of the
@@ -131,18 +186,26 @@ pub async fn round(pool: &PgPool) -> anyhow::Result<usize> {
             .await;
         result.map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
         reset.map_err(|e| anyhow::anyhow!("resetting the vacuum cost: {e}"))?;
+        metrics.done.with_label_values(&[table, action]).inc();
         done += 1;
     }
     Ok(done)
 }
 
 /// Runs rounds every `every` until `stop`, if `mode` says the projector should.
-pub async fn run(pool: PgPool, mode: Mode, every: Duration, stop: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    mode: Mode,
+    every: Duration,
+    metrics: UpkeepMetrics,
+    stop: CancellationToken,
+) {
     let wanted = match mode {
         Mode::Always => true,
         Mode::Never => false,
         Mode::Auto => !autovacuum_on(&pool).await,
     };
+    metrics.enabled.set(i64::from(wanted));
     if !wanted {
         return;
     }
@@ -156,7 +219,12 @@ pub async fn run(pool: PgPool, mode: Mode, every: Duration, stop: CancellationTo
             _ = stop.cancelled() => return,
         }
         let started = std::time::Instant::now();
-        match round(&pool).await {
+        metrics.running.set(1);
+        let outcome = round(&pool, &metrics).await;
+        metrics.running.set(0);
+        metrics.rounds.inc();
+        metrics.seconds.inc_by(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(0) => {}
             Ok(tables) => tracing::info!(
                 tables,

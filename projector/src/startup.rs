@@ -28,7 +28,11 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     projector: Projector,
-    maintenance: (crate::maintenance::Mode, Duration),
+    maintenance: (
+        crate::maintenance::Mode,
+        Duration,
+        crate::maintenance::UpkeepMetrics,
+    ),
     lag: (
         async_nats::jetstream::Context,
         Arc<AtomicU64>,
@@ -57,6 +61,7 @@ impl Application {
         let metrics = Metrics::new();
         metrics.watch_pool(pool.clone());
         let pm = ProjectorMetrics::new(&metrics);
+        let upkeep = crate::maintenance::UpkeepMetrics::new(&metrics);
         let checkpoint = Arc::new(AtomicU64::new(0));
         let projector = Projector {
             pool: pool.clone(),
@@ -84,6 +89,7 @@ impl Application {
             maintenance: (
                 config.maintenance,
                 Duration::from_secs(config.maintenance_seconds.max(1)),
+                upkeep,
             ),
             lag: (js, checkpoint, pm),
         })
@@ -100,11 +106,12 @@ impl Application {
         let stop = CancellationToken::new();
         let (js, checkpoint, pm) = self.lag;
         let lag = tokio::spawn(watch_lag(js, checkpoint, pm, stop.clone()));
-        let (mode, every) = self.maintenance;
+        let (mode, every, metrics) = self.maintenance;
         let upkeep = tokio::spawn(crate::maintenance::run(
             self.projector.pool.clone(),
             mode,
             every,
+            metrics,
             stop.clone(),
         ));
         let projection = tokio::spawn(self.projector.run(stop.clone()));

@@ -566,6 +566,7 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     let projector = projector::Application::build(config)
         .await
         .expect("projector");
+    let metrics_url = format!("http://127.0.0.1:{}", projector.port());
     let stop = tokio::spawn(projector.run_until_stopped(std::future::pending()));
     // A bulk load of 1,300 jobs (13 batches): 1,300 new rows in each table, past the insert
     // rule's 1,000 + 20 %, so both are vacuumed although nothing in them died.
@@ -624,6 +625,19 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
         })
         .await;
     }
+    // And `/metrics` says so: upkeep on, both tables vacuumed, rounds counted.
+    let m = tests::scrape(&app.http, &metrics_url).await;
+    assert_eq!(m["jobs_projector_upkeep_enabled"], 1.0);
+    for table in ["jobs", "job_events"] {
+        let vacuums =
+            format!(r#"jobs_projector_upkeep_tables_total{{action="vacuum",table="{table}"}}"#);
+        assert!(
+            m.get(&vacuums).is_some_and(|n| *n >= 1.0),
+            "{vacuums} in {m:?}"
+        );
+    }
+    assert!(m["jobs_projector_upkeep_rounds_total"] >= 1.0);
+    assert!(m["jobs_projector_upkeep_seconds_total"] > 0.0);
     stop.abort();
 }
 
