@@ -350,6 +350,27 @@ impl TestApp {
         (body["data"].clone(), seq)
     }
 
+    /// Enqueues `jobs` in one `POST /enqueue/batch` and asserts 201; returns (the created
+    /// jobs, x-event-seq of the last).
+    pub async fn enqueue_batch(&self, jobs: &[Value]) -> (Vec<Value>, u64) {
+        let res = self
+            .request(Method::POST, "/jobs/v1/enqueue/batch", &self.token)
+            .json(&serde_json::json!({ "jobs": jobs }))
+            .send()
+            .await
+            .expect("batch enqueue sent");
+        assert_eq!(
+            res.status(),
+            201,
+            "batch enqueue failed: {:?}",
+            res.text().await
+        );
+        let seq = event_seq(&res);
+        let body: Value = res.json().await.expect("json");
+        let created = body["data"]["jobs"].as_array().cloned().unwrap_or_default();
+        (created, seq)
+    }
+
     /// GET `path` as the default tenant, waiting for the read model to reach `min_seq`.
     pub async fn get(&self, path: &str, min_seq: u64) -> (u16, Value) {
         let res = self

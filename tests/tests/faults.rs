@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use tests::{email_job, eventually, Bin, TestApp};
 
@@ -155,14 +154,7 @@ async fn dropping_the_read_model_and_replaying_the_stream_gives_identical_rows()
     let mut last = 0;
     for chunk in 0..3 {
         let jobs: Vec<Value> = (0..40).map(|i| email_job(chunk * 40 + i)).collect();
-        let res = app
-            .request(Method::POST, "/jobs/v1/enqueue/batch", &app.token)
-            .json(&json!({ "jobs": jobs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        last = tests::event_seq(&res);
+        last = app.enqueue_batch(&jobs).await.1;
     }
     app.enqueue(&json!({"type": "report.build", "payload": {"n": 1}, "delay_seconds": 600, "metadata": {"k": "v"}})).await;
     last += 1;
@@ -573,14 +565,7 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     let mut last = 0;
     for chunk in 0..13 {
         let jobs: Vec<Value> = (0..100).map(|i| email_job(chunk * 100 + i)).collect();
-        let res = app
-            .request(Method::POST, "/jobs/v1/enqueue/batch", &app.token)
-            .json(&json!({ "jobs": jobs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        last = tests::event_seq(&res);
+        last = app.enqueue_batch(&jobs).await.1;
     }
     // Then 80 cancelled: changes to `jobs` and more rows in the insert-only `job_events`.
     for i in 0..80 {

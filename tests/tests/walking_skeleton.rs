@@ -322,18 +322,9 @@ async fn pagination_sees_every_job_once_while_jobs_keep_arriving() {
     let mut last_seq = 0;
     for chunk in 0..5 {
         let jobs: Vec<Value> = (0..50).map(|i| email_job(chunk * 50 + i)).collect();
-        let res = app
-            .request(Method::POST, "/jobs/v1/enqueue/batch", &app.token)
-            .json(&json!({ "jobs": jobs }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        last_seq = event_seq(&res);
-        for j in body_json(res).await.unwrap()["data"]["jobs"]
-            .as_array()
-            .unwrap()
-        {
+        let (created, seq) = app.enqueue_batch(&jobs).await;
+        last_seq = seq;
+        for j in created {
             existing.insert(j["id"].as_str().unwrap().to_string());
         }
     }
