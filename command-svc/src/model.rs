@@ -567,11 +567,17 @@ impl WriteModel {
     /// Folds a recorded event in and re-places the job.
     pub fn fold(&mut self, rec: &Recorded, now: DateTime<Utc>) -> Result<Folded, ApplyError> {
         let id = rec.envelope.job_id;
-        if let Some(j) = self.job(&id) {
-            if rec.seq <= j.last_event_seq {
-                return Ok(Folded::Seen);
-            }
-        } else if !matches!(rec.envelope.event, events::JobEvent::Enqueued { .. }) {
+        // A job that finished is remembered by its last sequence (a tombstone): an older
+        // event of it is seen, not folded. Without this, a job's `JobEnqueued` folded late (the
+        // enqueue's own fold, or the follower's, after a worker had already leased and
+        // completed the job through this instance) brought the finished job back as pending:
+        // a ghost that refused its next events and could be leased again.
+        if self.reflects(&id, rec.seq) {
+            return Ok(Folded::Seen);
+        }
+        if self.job(&id).is_none()
+            && !matches!(rec.envelope.event, events::JobEvent::Enqueued { .. })
+        {
             return Ok(Folded::Unknown);
         }
         if let events::JobEvent::Enqueued {

@@ -229,7 +229,40 @@ fn a_taken_job_goes_back_when_its_lease_fails_and_finished_jobs_leave() {
         w.model.job(&id).is_none(),
         "a finished job leaves the write model"
     );
-    assert_eq!(w.model.fold(&rec, t0()).unwrap(), Folded::Unknown);
+    assert_eq!(w.model.fold(&rec, t0()).unwrap(), Folded::Seen);
+    assert_eq!(w.model.live_jobs(), 0);
+}
+
+#[test]
+fn a_finished_jobs_enqueue_folded_late_does_not_bring_it_back() {
+    // The race seen in the bench (2026-12-07): the enqueue's own fold of its `JobEnqueued`
+    // came after the follower had folded it, a worker had leased the job and completed it.
+    let mut w = World::new();
+    let t = Uuid::new_v4();
+    let id = w.enqueue(t, json!({"type": "a", "payload": {}}), t0());
+    let enqueued = w.log.last().unwrap().clone();
+    let job = w.lease_next(&["a"], t0()).unwrap();
+    w.apply(
+        t,
+        id,
+        &Command::Complete {
+            worker_id: "w".into(),
+            lease_id: job.lease.unwrap().lease_id,
+            result: None,
+        },
+        t0(),
+    );
+    assert!(w.model.job(&id).is_none());
+    assert!(w.model.reflects(&id, enqueued.seq));
+    // Folded again, late: seen, and nothing is held, ready or leasable.
+    assert_eq!(w.model.fold(&enqueued, t0()).unwrap(), Folded::Seen);
+    assert!(w.model.job(&id).is_none(), "the finished job came back");
+    assert_eq!(w.model.live_jobs(), 0);
+    assert!(w.lease_next(&["a"], t0()).is_none());
+    // Every event of it, in any order, is seen.
+    for rec in w.log.clone() {
+        assert_eq!(w.model.fold(&rec, t0()).unwrap(), Folded::Seen);
+    }
     assert_eq!(w.model.live_jobs(), 0);
 }
 
