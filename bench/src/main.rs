@@ -200,6 +200,28 @@ impl Stack {
         Some(start.elapsed().as_secs_f64())
     }
 
+    /// command-svc's `jobs_write_model_refused_events_total` (its `/metrics` beside the
+    /// `/readyz` of COMMAND_READY): events its write model could not fold, which only a bug
+    /// (or a corrupt stream) makes. None: no COMMAND_READY, or no answer.
+    async fn command_refused_events(&self, http: &reqwest::Client) -> Option<f64> {
+        let url = self.command_ready.as_ref()?.strip_suffix("/readyz")?;
+        let text = http
+            .get(format!("{url}/metrics"))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            (series == "jobs_write_model_refused_events_total")
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+    }
+
     /// command-svc's resident set, from /proc (the stack runs on this machine).
     fn command_rss(&self) -> Option<u64> {
         let pid = std::fs::read_to_string(self.command_pid_file.as_ref()?).ok()?;
@@ -879,6 +901,12 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     if let Some(rate) = rebuild {
         f.insert("rebuild_events_per_s".into(), json!(r(rate)));
     }
+    // Not a speed: a check that the run's load found no write-model bug (since its start; a
+    // restart with --restart counts from then).
+    f.insert(
+        "command_refused_events".into(),
+        json!(stack.command_refused_events(http).await),
+    );
     f.insert(
         "ratios".into(),
         json!({

@@ -37,6 +37,7 @@ pub struct EngineMetrics {
     pub snapshot_written_position: IntGauge,
     pub payload_memory: IntGauge,
     pub payload_reads: IntCounter,
+    pub refused: IntCounter,
 }
 
 impl EngineMetrics {
@@ -91,6 +92,13 @@ impl EngineMetrics {
                 "Payloads read back from the stream for jobs whose payload was out of memory.",
             )
             .expect("valid"),
+            refused: IntCounter::new(
+                "jobs_write_model_refused_events_total",
+                "Events in the stream the write model could not fold (its copy of the job \
+                 differs from the stream's): each is a bug or a corrupt stream, logged as \
+                 \"the write model refused an event\". Alert on any.",
+            )
+            .expect("valid"),
         };
         m.register(&s.ready_depth);
         m.register(&s.leases_waiting);
@@ -100,6 +108,7 @@ impl EngineMetrics {
         m.register(&s.snapshot_written_position);
         m.register(&s.payload_memory);
         m.register(&s.payload_reads);
+        m.register(&s.refused);
         s
     }
 }
@@ -234,6 +243,7 @@ impl Engine {
                 Some(f)
             }
             Err(e) => {
+                self.metrics.refused.inc();
                 tracing::error!(seq = rec.seq, error = %e, "the write model refused an event");
                 None
             }

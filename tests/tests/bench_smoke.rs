@@ -35,10 +35,12 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         format!(
             "GATEWAY={}\nWORKER_URL=https://127.0.0.1:{}\nNATS_URL={}\nNATS_MONITOR=http://127.0.0.1:1\n\
              PROJECTOR_METRICS=http://127.0.0.1:{projector_port}/metrics\n\
+             COMMAND_READY={}/readyz\n\
              REBUILD_COMMAND=env JOBS_NATS_URL={} JOBS_DATABASE_URL={} {} rebuild\n",
             gw.url(),
             app.command.worker_port,
             app.nats.url(),
+            app.command.url(),
             app.nats.url(),
             app.db.url,
             bin_path("projector").display()
@@ -122,6 +124,8 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         );
         assert!(figures[phase]["bench"].is_number(), "{phase}: {figures}");
     }
+    // command-svc's write model folded every event of the run (a refusal is a bug).
+    assert_eq!(figures["command_refused_events"], 0.0, "{figures}");
     // The seeded jobs stay pending and are the tenant's: the queries ran over them.
     assert!(figures["read_model_jobs_of_tenant"].as_u64().unwrap() >= 500);
     // The table names the stack's column.
