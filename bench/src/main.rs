@@ -156,27 +156,13 @@ impl Stack {
         }
     }
 
-    /// The projector's upkeep metrics (`jobs_projector_upkeep_*`, unlabelled series only).
+    /// The projector's upkeep metrics (`jobs_projector_upkeep_*`).
     async fn upkeep(&self, http: &reqwest::Client) -> Option<Upkeep> {
-        let text = http
-            .get(self.projector_metrics.as_ref()?)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let value = |name: &str| {
-            text.lines().find_map(|l| {
-                let (series, v) = l.rsplit_once(' ')?;
-                (series == name).then(|| v.parse::<f64>().ok()).flatten()
-            })
-        };
+        let text = metrics_text(http, self.projector_metrics.as_ref()?).await?;
         Some(Upkeep {
-            enabled: value("jobs_projector_upkeep_enabled")? == 1.0,
-            running: value("jobs_projector_upkeep_running")? == 1.0,
-            rounds: value("jobs_projector_upkeep_rounds_total")? as u64,
+            enabled: sample(&text, "jobs_projector_upkeep_enabled")? == 1.0,
+            running: sample(&text, "jobs_projector_upkeep_running")? == 1.0,
+            rounds: sample(&text, "jobs_projector_upkeep_rounds_total")? as u64,
         })
     }
 
@@ -205,21 +191,8 @@ impl Stack {
     /// (or a corrupt stream) makes. None: no COMMAND_READY, or no answer.
     async fn command_refused_events(&self, http: &reqwest::Client) -> Option<f64> {
         let url = self.command_ready.as_ref()?.strip_suffix("/readyz")?;
-        let text = http
-            .get(format!("{url}/metrics"))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines().find_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            (series == "jobs_write_model_refused_events_total")
-                .then(|| v.parse::<f64>().ok())
-                .flatten()
-        })
+        let text = metrics_text(http, &format!("{url}/metrics")).await?;
+        sample(&text, "jobs_write_model_refused_events_total")
     }
 
     /// command-svc's resident set, from /proc (the stack runs on this machine).
@@ -248,6 +221,26 @@ fn token(key: &str, tenant: Uuid, roles: &[&str]) -> anyhow::Result<String> {
         &claims,
         &k,
     )?)
+}
+
+/// A service's Prometheus text (None: no answer within 3 s).
+async fn metrics_text(http: &reqwest::Client, url: &str) -> Option<String> {
+    http.get(url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The value of an unlabelled series in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (series, v) = l.rsplit_once(' ')?;
+        (series == name).then(|| v.parse().ok()).flatten()
+    })
 }
 
 /// The projector's upkeep, as its `/metrics` shows it.
@@ -1325,5 +1318,20 @@ async fn rebuild_rate(stack: &Stack) -> anyhow::Result<Option<f64>> {
     match (number_before(" events in"), number_before(" s (")) {
         (Some(events), Some(secs)) if secs > 0.0 => Ok(Some(events / secs)),
         _ => bail!("could not read the rebuild's report: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_the_unlabelled_series_of_that_name() {
+        let text = "# HELP jobs_x Things.\n# TYPE jobs_x counter\n\
+                    jobs_x_total{table=\"jobs\"} 7\njobs_x_total 3\njobs_x_running 1\n";
+        assert_eq!(sample(text, "jobs_x_total"), Some(3.0));
+        assert_eq!(sample(text, "jobs_x_running"), Some(1.0));
+        assert_eq!(sample(text, "jobs_x"), None);
+        assert_eq!(sample("jobs_x_total oops\n", "jobs_x_total"), None);
     }
 }
