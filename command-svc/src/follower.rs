@@ -191,6 +191,9 @@ async fn fold(engine: &Engine, seq: u64, envelope: Envelope) -> anyhow::Result<(
     let requeued = matches!(envelope.event, JobEvent::Requeued { .. });
     let enqueued = matches!(envelope.event, JobEvent::Enqueued { .. });
     let folded = engine.fold(&Recorded { seq, envelope });
+    if folded.is_none() {
+        heal(engine, tenant, job).await;
+    }
     if enqueued && matches!(folded, Some(Folded::Applied { .. })) && !engine.is_own_enqueue(&job) {
         // Enqueued through another instance (our own are marked while appended, and folded
         // at once after): it counts against the tenant's rate here too.
@@ -206,6 +209,31 @@ async fn fold(engine: &Engine, seq: u64, envelope: Envelope) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// The model refused one of the job's events (counted and logged by `Engine::fold`): its copy
+/// of the job is not the stream's, through a bug or a corrupt stream. The job's state is taken
+/// from its history instead, as a replay would build it, rather than kept as a copy that
+/// refuses every later event and whose timers retry forever. If the history does not fold
+/// either (a corrupt stream), the model keeps its copy, as before.
+async fn heal(engine: &Engine, tenant: uuid::Uuid, job: uuid::Uuid) {
+    match engine.load(tenant, job).await {
+        Ok(Some(state)) => {
+            tracing::warn!(
+                %job,
+                seq = state.last_event_seq,
+                status = state.status.as_str(),
+                "the write model took the job's state from its history"
+            );
+            engine.absorb(state);
+        }
+        Ok(None) => engine.update(|m| m.forget(&job)),
+        Err(e) => tracing::error!(
+            %job,
+            error = %e,
+            "the job's history does not fold either; the write model keeps its copy"
+        ),
+    }
 }
 
 fn mark_caught_up(engine: &Engine) {

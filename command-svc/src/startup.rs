@@ -159,6 +159,11 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
+    /// The engine (its write model), for tests that look inside the running instance.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
     pub fn worker_port(&self) -> u16 {
         self.worker_listener
             .local_addr()

@@ -855,3 +855,57 @@ async fn kill_9_after_a_periodic_snapshot_restarts_from_it_and_loses_nothing_aft
         assert_eq!(status, 409, "a completed job stays completed: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_write_model_whose_copy_of_a_job_is_wrong_takes_the_job_from_its_history() {
+    // Two instances on one stream. Instance A's copy of a job is made wrong by hand (a later
+    // sequence and another hash than the stream's: what the late-enqueue race of 2026-12-07
+    // once left). Instance B cancels the job; A's follower cannot fold that event onto its
+    // copy, counts it, and takes the job's state from the stream instead of keeping a ghost.
+    let app = TestApp::spawn().await;
+    let a = command_svc::Application::build(tests::command_config(&app.nats.url(), &app.keys))
+        .await
+        .expect("instance A");
+    let (engine, a_url) = (a.engine(), format!("http://127.0.0.1:{}", a.port()));
+    let a_task = tokio::spawn(a.run_until_stopped(std::future::pending()));
+
+    let (job, _) = app.enqueue(&email_job(1)).await;
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    // Another job's event after it, so that A's wrong sequence lies before the cancel's.
+    let (_, later) = app.enqueue(&email_job(2)).await;
+    assert!(engine.wait_for(later).await, "A follows B's enqueues");
+    let mut wrong = engine.model().job(&id).cloned().expect("A holds the job");
+    wrong.last_event_seq = later;
+    wrong.last_event_hash = Some(events::EventHash([0; 32]));
+    engine.absorb(wrong);
+    assert!(engine
+        .model()
+        .job(&id)
+        .is_some_and(|j| j.last_event_seq == later));
+
+    let res = app
+        .http
+        .post(format!("{}/jobs/v1/jobs/{id}/cancel", app.command.url()))
+        .bearer_auth(&app.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cancelled = tests::event_seq(&res);
+    assert!(engine.wait_for(cancelled).await, "A follows B's cancel");
+
+    let m = tests::scrape(&app.http, &a_url).await;
+    assert_eq!(m["jobs_write_model_refused_events_total"], 1.0);
+    // Cancelled in the stream, so finished in A: no longer held, and seen as done.
+    assert!(
+        engine.model().job(&id).is_none(),
+        "A still holds its wrong copy: {:?}",
+        engine
+            .model()
+            .job(&id)
+            .map(|j| (j.status, j.last_event_seq))
+    );
+    assert!(engine.model().reflects(&id, cancelled));
+    a_task.abort();
+}
