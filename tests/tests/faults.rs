@@ -610,17 +610,25 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
         })
         .await;
     }
-    // And `/metrics` says so: upkeep on, both tables vacuumed, rounds counted.
-    let m = tests::scrape(&app.http, &metrics_url).await;
+    // And `/metrics` says so: upkeep on, both tables vacuumed, rounds counted. (A table's
+    // vacuum is counted just after Postgres records it, so this waits for the count too.)
+    let m = eventually(Duration::from_secs(30), "the upkeep's metrics", || {
+        let (http, url) = (app.http.clone(), metrics_url.clone());
+        async move {
+            let m = tests::scrape(&http, &url).await;
+            ["jobs", "job_events"]
+                .iter()
+                .all(|table| {
+                    let vacuums = format!(
+                        r#"jobs_projector_upkeep_tables_total{{action="vacuum",table="{table}"}}"#
+                    );
+                    m.get(&vacuums).is_some_and(|n| *n >= 1.0)
+                })
+                .then_some(m)
+        }
+    })
+    .await;
     assert_eq!(m["jobs_projector_upkeep_enabled"], 1.0);
-    for table in ["jobs", "job_events"] {
-        let vacuums =
-            format!(r#"jobs_projector_upkeep_tables_total{{action="vacuum",table="{table}"}}"#);
-        assert!(
-            m.get(&vacuums).is_some_and(|n| *n >= 1.0),
-            "{vacuums} in {m:?}"
-        );
-    }
     assert!(m["jobs_projector_upkeep_rounds_total"] >= 1.0);
     assert!(m["jobs_projector_upkeep_seconds_total"] > 0.0);
     stop.abort();
