@@ -58,7 +58,7 @@ impl UpkeepMetrics {
             done: IntCounterVec::new(
                 Opts::new(
                     "jobs_projector_upkeep_tables_total",
-                    "Tables vacuumed (with analyze) or analyzed by upkeep rounds.",
+                    "Upkeep actions done, by table and action (vacuum, analyze); a VACUUM (ANALYZE) counts as both.",
                 ),
                 &["table", "action"],
             )

@@ -236,6 +236,15 @@ pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Run
     ))
 }
 
+/// The projector in-process doing the read model's upkeep itself every second, whatever the
+/// server's autovacuum (the suite's others do none): for a [`TestApp::spawn_with`]`(false)`.
+pub async fn start_projector_doing_upkeep(nats_url: &str, db_url: &str) -> anyhow::Result<Running> {
+    let mut config = projector_config(nats_url, db_url);
+    config.maintenance = projector::maintenance::Mode::Always;
+    config.maintenance_seconds = 1;
+    Ok(run_app!(projector::Application::build(config).await?))
+}
+
 /// The committed development users (`deploy/dev-users.toml`: the seed page's two).
 pub fn dev_users_file() -> std::path::PathBuf {
     workspace_root().join("deploy/dev-users.toml")

@@ -9,14 +9,9 @@ async fn the_benchmark_runs_and_reports_every_figure() {
     // Its own projector, doing the read model's upkeep every second, so the bench's wait for
     // the upkeep after the seed runs for real.
     let app = TestApp::spawn_with(false).await;
-    let mut config = tests::projector_config(&app.nats.url(), &app.db.url);
-    config.maintenance = projector::maintenance::Mode::Always;
-    config.maintenance_seconds = 1;
-    let projector = projector::Application::build(config)
+    let projector = tests::start_projector_doing_upkeep(&app.nats.url(), &app.db.url)
         .await
         .expect("projector");
-    let projector_port = projector.port();
-    let projector = tokio::spawn(projector.run_until_stopped(std::future::pending()));
     let gw = Gateway::start(app.command.port, app.query.port)
         .await
         .unwrap();
@@ -34,12 +29,13 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         &stack,
         format!(
             "GATEWAY={}\nWORKER_URL=https://127.0.0.1:{}\nNATS_URL={}\nNATS_MONITOR=http://127.0.0.1:1\n\
-             PROJECTOR_METRICS=http://127.0.0.1:{projector_port}/metrics\n\
+             PROJECTOR_METRICS={}/metrics\n\
              COMMAND_READY={}/readyz\n\
              REBUILD_COMMAND=env JOBS_NATS_URL={} JOBS_DATABASE_URL={} {} rebuild\n",
             gw.url(),
             app.command.worker_port,
             app.nats.url(),
+            projector.url(),
             app.command.url(),
             app.nats.url(),
             app.db.url,
@@ -130,5 +126,4 @@ async fn the_benchmark_runs_and_reports_every_figure() {
     assert!(figures["read_model_jobs_of_tenant"].as_u64().unwrap() >= 500);
     // The table names the stack's column.
     assert!(stdout.lines().next().unwrap().contains("sync_unknown"));
-    projector.abort();
 }

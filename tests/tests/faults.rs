@@ -552,14 +552,9 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     // Postgres here runs with autovacuum off (as this machine's does): the projector keeps
     // its tables' statistics fresh itself, or the planner soon scans bloated tables.
     let app = TestApp::spawn_with(false).await;
-    let mut config = tests::projector_config(&app.nats.url(), &app.db.url);
-    config.maintenance = projector::maintenance::Mode::Always;
-    config.maintenance_seconds = 1;
-    let projector = projector::Application::build(config)
+    let projector = tests::start_projector_doing_upkeep(&app.nats.url(), &app.db.url)
         .await
         .expect("projector");
-    let metrics_url = format!("http://127.0.0.1:{}", projector.port());
-    let stop = tokio::spawn(projector.run_until_stopped(std::future::pending()));
     // A bulk load of 1,300 jobs (13 batches): 1,300 new rows in each table, past the insert
     // rule's 1,000 + 20 %, so both are vacuumed although nothing in them died.
     let mut last = 0;
@@ -613,7 +608,7 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     // And `/metrics` says so: upkeep on, both tables vacuumed, rounds counted. (A table's
     // vacuum is counted just after Postgres records it, so this waits for the count too.)
     let m = eventually(Duration::from_secs(30), "the upkeep's metrics", || {
-        let (http, url) = (app.http.clone(), metrics_url.clone());
+        let (http, url) = (app.http.clone(), projector.url());
         async move {
             let m = tests::scrape(&http, &url).await;
             ["jobs", "job_events"]
@@ -631,7 +626,6 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     assert_eq!(m["jobs_projector_upkeep_enabled"], 1.0);
     assert!(m["jobs_projector_upkeep_rounds_total"] >= 1.0);
     assert!(m["jobs_projector_upkeep_seconds_total"] > 0.0);
-    stop.abort();
 }
 
 /// command-svc's `jobs_snapshot_restored_position` (0: it replayed the whole stream).
