@@ -1289,8 +1289,9 @@ async fn restart(stack: &Stack, http: &reqwest::Client) -> anyhow::Result<Option
     }
 }
 
-/// Runs the stack's REBUILD_COMMAND (`projector rebuild`) and reads its events/s from the
-/// line it prints. None when the stack does not say how.
+/// Runs the stack's REBUILD_COMMAND (`projector rebuild`) and reads its events/s up to the
+/// swap (the old tables' drop after it waits for whoever holds them) from the line it prints.
+/// None when the stack does not say how.
 async fn rebuild_rate(stack: &Stack) -> anyhow::Result<Option<f64>> {
     let Some(cmd) = &stack.rebuild_command else {
         eprintln!("bench: --rebuild: the stack has no REBUILD_COMMAND");
@@ -1310,7 +1311,7 @@ async fn rebuild_rate(stack: &Stack) -> anyhow::Result<Option<f64>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // "rebuilt the read model: N events in S s (R events/s), checkpoint C"
+    // "rebuilt the read model: N events in S s (R events/s) up to the swap, checkpoint C, ..."
     let number_before = |marker: &str| -> Option<f64> {
         let before = &text[..text.find(marker)?];
         before.split_whitespace().last()?.parse().ok()

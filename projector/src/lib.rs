@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod copy;
 pub mod maintenance;
 pub mod projection;
 pub mod rebuild;

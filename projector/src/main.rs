@@ -14,11 +14,12 @@ async fn main() {
         match rebuild(&config).await {
             Ok(r) => {
                 println!(
-                    "rebuilt the read model: {} events in {:.2} s ({:.0} events/s), checkpoint {}, {} jobs read back",
+                    "rebuilt the read model: {} events in {:.2} s ({:.0} events/s) up to the swap, checkpoint {}, old tables dropped {:.2} s after it, {} jobs read back",
                     r.events,
                     r.seconds,
                     r.events as f64 / r.seconds.max(1e-9),
                     r.checkpoint,
+                    r.drop_seconds,
                     r.read_back
                 );
                 return;

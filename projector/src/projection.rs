@@ -13,6 +13,8 @@ use events::platform::{PlatformEnvelope, PlatformEvent};
 use events::stream::parse_job_subject;
 use events::{apply, Envelope, Job, JobEvent, Recorded};
 use sqlx::PgPool;
+
+use crate::copy::CopyRows;
 use uuid::Uuid;
 
 pub use common::db::{read_checkpoint, NOTIFY_CHANNEL};
@@ -353,6 +355,32 @@ impl History {
         }
     }
 
+    /// [`Self::write`] into a replay's fresh table: the rows go in with a binary `COPY`, which
+    /// has no `ON CONFLICT` (a replay writes each event once), then the purged jobs' history
+    /// is deleted.
+    pub async fn copy(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+        let mut rows = CopyRows::default();
+        for i in 0..self.seq.len() {
+            rows.row(8)
+                .field(&self.seq[i])
+                .field(&self.tenant[i])
+                .field(&self.job[i])
+                .field(&self.event_id[i])
+                .field(&self.kind[i])
+                .field(&self.at[i])
+                .field(&self.actor[i])
+                .field(&self.data[i]);
+        }
+        rows.send(
+            conn,
+            "COPY job_events (seq, tenant_id, job_id, event_id, type, at, actor, data)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .context("copying job events")?;
+        self.delete_purged(conn).await
+    }
+
     /// Inserts the rows, then deletes the purged jobs' history.
     pub async fn write(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
         if !self.seq.is_empty() {
@@ -374,6 +402,10 @@ impl History {
             .await
             .context("inserting job events")?;
         }
+        self.delete_purged(conn).await
+    }
+
+    async fn delete_purged(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
         if !self.purged.is_empty() {
             sqlx::query("DELETE FROM job_events WHERE job_id = ANY($1)")
                 .bind(&self.purged)
@@ -554,19 +586,24 @@ impl Decoded {
 }
 
 impl Folded {
-    /// Takes the batch's job writes (changed and purged jobs) out of it, split over `lanes`
-    /// by job id: a job is always in the same lane, so writing each lane's parts in batch
-    /// order keeps every job's writes in order. What remains writes everything else.
-    pub fn split_jobs(&mut self, lanes: usize) -> Vec<(Vec<Job>, Vec<Uuid>)> {
+    /// Takes the batch's job writes (new, changed and purged jobs) out of it, split over
+    /// `lanes` by job id: a job is always in the same lane, so writing each lane's parts in
+    /// batch order keeps every job's writes in order. `is_new` says which jobs have no row
+    /// yet (a replay knows). What remains writes everything else.
+    pub fn split_jobs(&mut self, lanes: usize, is_new: impl Fn(&Uuid) -> bool) -> Vec<JobWrites> {
         let lanes = lanes.max(1);
         let lane = |id: &Uuid| (id.as_u128() % lanes as u128) as usize;
-        let mut parts: Vec<(Vec<Job>, Vec<Uuid>)> =
-            (0..lanes).map(|_| Default::default()).collect();
+        let mut parts: Vec<JobWrites> = (0..lanes).map(|_| Default::default()).collect();
         for job in std::mem::take(&mut self.jobs) {
-            parts[lane(&job.id)].0.push(job);
+            let part = &mut parts[lane(&job.id)];
+            if is_new(&job.id) {
+                part.new.push(job);
+            } else {
+                part.changed.push(job);
+            }
         }
         for id in std::mem::take(&mut self.purged) {
-            parts[lane(&id)].1.push(id);
+            parts[lane(&id)].purged.push(id);
         }
         parts
     }
@@ -579,6 +616,24 @@ impl Folded {
     /// The jobs whose whole history the batch purged.
     pub fn purged(&self) -> &[Uuid] {
         &self.purged
+    }
+}
+
+/// One lane's share of a folded batch's job writes ([`Folded::split_jobs`]).
+#[derive(Debug, Default)]
+pub struct JobWrites {
+    /// Jobs with no row yet: inserted with `COPY` ([`copy_jobs`]).
+    pub new: Vec<Job>,
+    /// Jobs that may have a row: upserted ([`write_jobs`]).
+    pub changed: Vec<Job>,
+    pub purged: Vec<Uuid>,
+}
+
+impl JobWrites {
+    /// Inserts the new jobs, upserts the changed ones, deletes the purged ones.
+    pub async fn write(&self, conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+        copy_jobs(conn, &self.new).await?;
+        write_jobs(conn, &self.changed, &self.purged).await
     }
 }
 
@@ -668,6 +723,43 @@ async fn write_folded(
 
 /// Upserts `jobs` as they are now and deletes the `purged` ones (a job's later state always
 /// after its earlier one: the caller writes a job's batches in order).
+/// Inserts `jobs`, none of which has a row yet, with a binary `COPY` (a replay's new jobs; an
+/// existing row makes it fail).
+pub async fn copy_jobs(conn: &mut sqlx::PgConnection, jobs: &[Job]) -> anyhow::Result<()> {
+    let mut rows = Rows::default();
+    for j in jobs {
+        rows.push(j);
+    }
+    let mut copy = CopyRows::default();
+    for i in 0..rows.id.len() {
+        copy.row(15)
+            .field(&rows.id[i])
+            .field(&rows.tenant_id[i])
+            .field(&rows.job_type[i])
+            .field(&rows.queue[i])
+            .field(&rows.priority[i])
+            .field(&rows.status[i])
+            .field(&rows.run_at[i])
+            .field(&rows.created_at[i])
+            .field(&rows.updated_at[i])
+            .field(&rows.dead_lettered_at[i])
+            .field(&rows.last_error_code[i])
+            .field(&rows.version[i])
+            .field(&rows.last_event_seq[i])
+            .field(&rows.doc[i])
+            .field(&rows.lease_worker_id[i]);
+    }
+    copy.send(
+        conn,
+        "COPY jobs (id, tenant_id, type, queue, priority, status, run_at, created_at, updated_at,
+                    dead_lettered_at, last_error_code, version, last_event_seq, doc, lease_worker_id)
+         FROM STDIN (FORMAT binary)",
+    )
+    .await
+    .context("copying new jobs")?;
+    Ok(())
+}
+
 pub async fn write_jobs(
     conn: &mut sqlx::PgConnection,
     jobs: &[Job],

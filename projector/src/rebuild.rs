@@ -24,7 +24,7 @@ use uuid::Uuid;
 use events::Job;
 
 use crate::projection::{
-    apply_batch_in, apply_folded, read_jobs, write_jobs, Decoded, Folded, History, Incoming,
+    apply_batch_in, apply_folded, read_jobs, Decoded, Folded, History, Incoming, JobWrites,
     NOTIFY_CHANNEL, PROJECTION_LOCK,
 };
 
@@ -55,7 +55,11 @@ pub struct Report {
     pub events: u64,
     /// Jobs the replay read back from the new tables (out of its cache).
     pub read_back: u64,
+    /// From the start to the swap's commit, when the rebuilt model serves.
     pub seconds: f64,
+    /// Dropping the retired tables after the swap: it waits for whoever still holds them
+    /// (queries begun before the swap, the live projector's VACUUM of them).
+    pub drop_seconds: f64,
     pub checkpoint: u64,
 }
 
@@ -137,7 +141,7 @@ async fn replay_into(
     // The same bound for each lane of job writes: a job's writes are committed at most that
     // many batches behind the fold, whichever lane it is in.
     let (lane_txs, lane_rxs): (Vec<_>, Vec<_>) = (0..JOB_LANES)
-        .map(|_| mpsc::channel::<(Vec<Job>, Vec<Uuid>)>(IN_FLIGHT))
+        .map(|_| mpsc::channel::<JobWrites>(IN_FLIGHT))
         .unzip();
     let (history_tx, mut history_rx) = mpsc::channel::<History>(4);
     // The reader, the folder and the history writer are tasks of their own, so their work
@@ -155,11 +159,19 @@ async fn replay_into(
                 let Some(decoded) = Decoded::new(&fresh)? else {
                     continue;
                 };
-                let mut state = cache.take(&pool, &decoded.job_ids()).await?;
+                let ids = decoded.job_ids();
+                let mut state = cache.take(&pool, &ids).await?;
+                // The jobs that have a row (or may have: a purged one). The others are new
+                // and go in with `COPY`.
+                let stored: HashSet<Uuid> = state
+                    .keys()
+                    .copied()
+                    .chain(ids.into_iter().filter(|id| cache.purged.contains(id)))
+                    .collect();
                 let mut folded = decoded.fold(&mut state);
                 state.extend(folded.jobs().iter().map(|j| (j.id, j.clone())));
                 cache.put(state, folded.purged());
-                let lanes = folded.split_jobs(JOB_LANES);
+                let lanes = folded.split_jobs(JOB_LANES, |id| !stored.contains(id));
                 let mut stopped = folded_tx.send(folded).await.is_err();
                 for (lane, part) in lane_txs.iter().zip(lanes) {
                     stopped |= lane.send(part).await.is_err();
@@ -178,8 +190,8 @@ async fn replay_into(
             let pool = pool.clone();
             AbortOnDropHandle::new(tokio::spawn(async move {
                 let mut conn = pool.acquire().await?;
-                while let Some((jobs, purged)) = rx.recv().await {
-                    write_jobs(&mut conn, &jobs, &purged).await?;
+                while let Some(writes) = rx.recv().await {
+                    writes.write(&mut conn).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }))
@@ -196,7 +208,7 @@ async fn replay_into(
         async move {
             let mut conn = pool.acquire().await?;
             while let Some(history) = history_rx.recv().await {
-                history.write(&mut conn).await?;
+                history.copy(&mut conn).await?;
             }
             Ok::<_, anyhow::Error>(())
         }
@@ -497,16 +509,18 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
         tx.commit()
             .await
             .context("swapping in the rebuilt read model")?;
+        let swapped = started.elapsed().as_secs_f64();
         drop_retired(&mut conn, &retired).await;
-        Ok::<_, anyhow::Error>((events, read_back, checkpoint as u64))
+        Ok::<_, anyhow::Error>((events, read_back, checkpoint as u64, swapped))
     }
     .await;
     fresh.close().await;
     match result {
-        Ok((events, read_back, checkpoint)) => Ok(Report {
+        Ok((events, read_back, checkpoint, swapped)) => Ok(Report {
             events,
             read_back,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: swapped,
+            drop_seconds: started.elapsed().as_secs_f64() - swapped,
             checkpoint,
         }),
         Err(e) => {
