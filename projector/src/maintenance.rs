@@ -5,7 +5,8 @@
 //! the projector looks at the tables it writes every `JOBS_PROJECTOR_MAINTENANCE_SECONDS`
 //! and vacuums or analyzes those that changed enough, by autovacuum's own rules (a base plus a
 //! fraction of the table, for dead rows, for rows inserted since the last vacuum, and for
-//! changes since the last analyze). Vacuuming a million-row table every minute whether it
+//! changes since the last analyze), with a table's own settings over the defaults as
+//! autovacuum takes them (`jobs` is vacuumed at 2 % dead rows, migration 0010). Vacuuming a million-row table every minute whether it
 //! needed it or not cost up to 5 s of I/O a round and showed in the query latency.
 //!
 //! The insert rule matters after a bulk load: the first vacuum of a page sets its hint and
@@ -112,11 +113,63 @@ pub struct Counts {
     pub modified: i64,
 }
 
-/// What a table needs, by autovacuum's default rules, each on its own: a vacuum once its
-/// dead rows pass 50 + 20 % of its live rows, or once the rows inserted since the last vacuum
-/// pass 1,000 + 20 % (`autovacuum_vacuum_insert_threshold`, Postgres 13 on); an analyze once
-/// its changes since the last one pass 50 + 10 %. (Until 2026-12-07 every vacuum also
-/// analyzed: on a 1 M-row table that is seconds of throttled random reads for nothing.)
+/// When a table is due for a vacuum or an analyze: autovacuum's settings, each a base plus a
+/// fraction of the table's live rows. The defaults are the server's; a table's own storage
+/// parameters (`ALTER TABLE ... SET (autovacuum_vacuum_scale_factor = ...)`) override them
+/// here as they do for autovacuum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    /// Dead rows (`autovacuum_vacuum_threshold`, `_scale_factor`).
+    pub vacuum: (f64, f64),
+    /// Rows inserted since the last vacuum (`autovacuum_vacuum_insert_threshold`,
+    /// `_scale_factor`; Postgres 13 on).
+    pub insert: (f64, f64),
+    /// Rows changed since the last analyze (`autovacuum_analyze_threshold`, `_scale_factor`).
+    pub analyze: (f64, f64),
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            vacuum: (50.0, 0.2),
+            insert: (1_000.0, 0.2),
+            analyze: (50.0, 0.1),
+        }
+    }
+}
+
+impl Rules {
+    /// The defaults with a table's storage parameters (`pg_class.reloptions`, `name=value`
+    /// each) over them; parameters that are not about these rules are ignored.
+    pub fn with_options(options: &[String]) -> Self {
+        let mut rules = Self::default();
+        for option in options {
+            let Some((name, value)) = option.split_once('=') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let slot = match name {
+                "autovacuum_vacuum_threshold" => &mut rules.vacuum.0,
+                "autovacuum_vacuum_scale_factor" => &mut rules.vacuum.1,
+                "autovacuum_vacuum_insert_threshold" => &mut rules.insert.0,
+                "autovacuum_vacuum_insert_scale_factor" => &mut rules.insert.1,
+                "autovacuum_analyze_threshold" => &mut rules.analyze.0,
+                "autovacuum_analyze_scale_factor" => &mut rules.analyze.1,
+                _ => continue,
+            };
+            *slot = value;
+        }
+        rules
+    }
+}
+
+/// What a table needs by `rules`, each on its own: a vacuum once its dead rows pass their
+/// base plus fraction of its live rows (50 + 20 % by default), or once the rows inserted since
+/// the last vacuum pass theirs (1,000 + 20 %); an analyze once its changes since the last one
+/// pass theirs (50 + 10 %). (Until 2026-12-07 every vacuum also analyzed: on a 1 M-row table
+/// that is seconds of throttled random reads for nothing.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upkeep {
     Nothing,
@@ -126,10 +179,11 @@ pub enum Upkeep {
     VacuumAnalyze,
 }
 
-pub fn upkeep(c: Counts) -> Upkeep {
+pub fn upkeep(c: Counts, rules: &Rules) -> Upkeep {
     let live = c.live.max(0) as f64;
-    let vacuum = c.dead as f64 > 50.0 + 0.2 * live || c.inserted as f64 > 1_000.0 + 0.2 * live;
-    let analyze = c.modified as f64 > 50.0 + 0.1 * live;
+    let past = |n: i64, (base, fraction): (f64, f64)| n as f64 > base + fraction * live;
+    let vacuum = past(c.dead, rules.vacuum) || past(c.inserted, rules.insert);
+    let analyze = past(c.modified, rules.analyze);
     match (vacuum, analyze) {
         (true, true) => Upkeep::VacuumAnalyze,
         (true, false) => Upkeep::Vacuum,
@@ -137,6 +191,10 @@ pub fn upkeep(c: Counts) -> Upkeep {
         (false, false) => Upkeep::Nothing,
     }
 }
+
+/// A table's live, dead, inserted-since-vacuum and changed-since-analyze rows, and its storage
+/// parameters.
+type StatsRow = (i64, i64, i64, i64, Option<Vec<String>>);
 
 /// autovacuum's own throttle (`autovacuum_vacuum_cost_delay` 2 ms, and `vacuum_cost_limit`'s
 /// default of 200), for the projector's VACUUM and ANALYZE.
@@ -147,15 +205,17 @@ const VACUUM_COST: &str = "SET vacuum_cost_delay = '2ms'; SET vacuum_cost_limit 
 pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usize> {
     let mut done = 0;
     for table in TABLES {
-        let counts: Option<(i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT n_live_tup, n_dead_tup, n_ins_since_vacuum, n_mod_since_analyze \
-             FROM pg_stat_user_tables WHERE relname = $1 AND schemaname = current_schema()",
+        let counts: Option<StatsRow> = sqlx::query_as(
+            "SELECT s.n_live_tup, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze, \
+                    c.reloptions::text[] \
+             FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.relname = $1 AND s.schemaname = current_schema()",
         )
         .bind(table)
         .fetch_optional(pool)
         .await
         .map_err(|e| anyhow::anyhow!("reading {table}'s statistics: {e}"))?;
-        let Some((live, dead, inserted, modified)) = counts else {
+        let Some((live, dead, inserted, modified, options)) = counts else {
             continue;
         };
         let counts = Counts {
@@ -164,7 +224,8 @@ pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usi
             inserted,
             modified,
         };
-        let (sql, actions): (_, &[&str]) = match upkeep(counts) {
+        let rules = Rules::with_options(options.as_deref().unwrap_or_default());
+        let (sql, actions): (_, &[&str]) = match upkeep(counts, &rules) {
             Upkeep::Nothing => continue,
             Upkeep::Analyze => (format!("ANALYZE {table}"), &["analyze"]),
             Upkeep::Vacuum => (format!("VACUUM {table}"), &["vacuum"]),
@@ -249,12 +310,19 @@ mod tests {
     use super::*;
 
     fn of(live: i64, dead: i64, inserted: i64, modified: i64) -> Upkeep {
-        upkeep(Counts {
-            live,
-            dead,
-            inserted,
-            modified,
-        })
+        by(&Rules::default(), live, dead, inserted, modified)
+    }
+
+    fn by(rules: &Rules, live: i64, dead: i64, inserted: i64, modified: i64) -> Upkeep {
+        upkeep(
+            Counts {
+                live,
+                dead,
+                inserted,
+                modified,
+            },
+            rules,
+        )
     }
 
     #[test]
@@ -281,5 +349,44 @@ mod tests {
         assert_eq!(of(1_300, 0, 1_300, 0), Upkeep::Vacuum);
         // An insert-only table gets its analyze rule as before.
         assert_eq!(of(10_000, 0, 500, 1_051), Upkeep::Analyze);
+    }
+
+    #[test]
+    fn a_tables_own_settings_override_the_defaults() {
+        // The `jobs` table's (migration 0010): dead rows past 50 + 2 %.
+        let jobs = Rules::with_options(&["autovacuum_vacuum_scale_factor=0.02".to_string()]);
+        assert_eq!(
+            jobs,
+            Rules {
+                vacuum: (50.0, 0.02),
+                ..Rules::default()
+            }
+        );
+        // 150,000 dead rows in 1,000,000: due under the table's rule, not the default one.
+        assert_eq!(of(1_000_000, 150_000, 0, 0), Upkeep::Nothing);
+        assert_eq!(by(&jobs, 1_000_000, 150_000, 0, 0), Upkeep::Vacuum);
+        assert_eq!(by(&jobs, 1_000_000, 20_050, 0, 0), Upkeep::Nothing);
+        assert_eq!(by(&jobs, 1_000_000, 20_051, 0, 0), Upkeep::Vacuum);
+        // Every setting is read; other parameters and unreadable values are passed over.
+        let all = Rules::with_options(
+            &[
+                "fillfactor=90",
+                "autovacuum_vacuum_threshold=10",
+                "autovacuum_vacuum_insert_threshold=20",
+                "autovacuum_vacuum_insert_scale_factor=0.5",
+                "autovacuum_analyze_threshold=30",
+                "autovacuum_analyze_scale_factor=x",
+                "autovacuum_enabled",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            all,
+            Rules {
+                vacuum: (10.0, 0.2),
+                insert: (20.0, 0.5),
+                analyze: (30.0, 0.1),
+            }
+        );
     }
 }

@@ -422,6 +422,28 @@ async fn statistics_targets(pool: &sqlx::PgPool) -> Vec<(String, String, i32)> {
     found
 }
 
+/// The read model's tables with storage parameters of their own: (table, parameters).
+async fn table_options(pool: &sqlx::PgPool) -> Vec<(String, Vec<String>)> {
+    let found: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, c.reloptions::text[]
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reloptions IS NOT NULL
+          ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    // A queue table is vacuumed at 2 % dead rows, not 20 % (migrations/0010_jobs_vacuum_rule.sql).
+    assert!(
+        found.contains(&(
+            "jobs".into(),
+            vec!["autovacuum_vacuum_scale_factor=0.02".into()]
+        )),
+        "jobs keeps its vacuum rule: {found:?}"
+    );
+    found
+}
+
 #[tokio::test]
 async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     let app = TestApp::spawn().await;
@@ -492,6 +514,7 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
     let before = dump(&pool).await;
     let indexes_before = indexes(&pool).await;
     let targets_before = statistics_targets(&pool).await;
+    let options_before = table_options(&pool).await;
     assert_eq!(before[0].1.len(), 59, "60 jobs, one purged");
 
     // Queries keep coming while the rebuild runs and swaps.
@@ -560,6 +583,11 @@ async fn a_rebuild_swaps_in_identical_tables_while_queries_keep_answering() {
         statistics_targets(&pool).await,
         targets_before,
         "statistics targets after the rebuild"
+    );
+    assert_eq!(
+        table_options(&pool).await,
+        options_before,
+        "storage parameters after the rebuild"
     );
     let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'rebuild_%' OR nspname LIKE 'retired_%'")
         .fetch_all(&pool)
