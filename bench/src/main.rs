@@ -733,6 +733,12 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         }
         let waited = stack.settle_upkeep(http).await;
         f.insert("seed_upkeep_wait_s".into(), json!(waited.map(r3)));
+        // At the seed's full size in the state of the 10 k figures (right after a seed): with
+        // the figures after the load phases (`list_p99_ms`), flatness and what a burst of
+        // finished jobs costs a list show apart.
+        let (list, get) = queries(&ctx, s / 2.0).await?;
+        f.insert("list_p99_ms_after_seed".into(), json!(list));
+        f.insert("get_p99_ms_after_seed".into(), json!(get));
         if args.restart {
             let timed = restart(stack, http).await?;
             f.insert(

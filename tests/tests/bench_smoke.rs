@@ -98,6 +98,8 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "get_p99_ms",
         "list_p99_ms_at_10k",
         "get_p99_ms_at_10k",
+        "list_p99_ms_after_seed",
+        "get_p99_ms_after_seed",
         "rebuild_events_per_s",
         "seed_upkeep_wait_s",
     ] {
