@@ -433,11 +433,15 @@ async fn table_options(pool: &sqlx::PgPool) -> Vec<(String, Vec<String>)> {
     .fetch_all(pool)
     .await
     .unwrap();
-    // A queue table is vacuumed at 2 % dead rows, not 20 % (migrations/0010_jobs_vacuum_rule.sql).
+    // A queue table is vacuumed at 2 % dead rows, not 20 %, indexes always cleaned
+    // (migrations/0010_jobs_vacuum_rule.sql).
     assert!(
         found.contains(&(
             "jobs".into(),
-            vec!["autovacuum_vacuum_scale_factor=0.02".into()]
+            vec![
+                "autovacuum_vacuum_scale_factor=0.02".into(),
+                "vacuum_index_cleanup=on".into()
+            ]
         )),
         "jobs keeps its vacuum rule: {found:?}"
     );
