@@ -13,9 +13,9 @@ use events::platform::{PlatformEnvelope, PlatformEvent};
 use events::stream::parse_job_subject;
 use events::{apply, Envelope, Job, JobEvent, Recorded};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::copy::CopyRows;
-use uuid::Uuid;
 
 pub use common::db::{read_checkpoint, NOTIFY_CHANNEL};
 
@@ -721,8 +721,6 @@ async fn write_folded(
     Ok((out, f.history))
 }
 
-/// Upserts `jobs` as they are now and deletes the `purged` ones (a job's later state always
-/// after its earlier one: the caller writes a job's batches in order).
 /// Inserts `jobs`, none of which has a row yet, with a binary `COPY` (a replay's new jobs; an
 /// existing row makes it fail).
 pub async fn copy_jobs(conn: &mut sqlx::PgConnection, jobs: &[Job]) -> anyhow::Result<()> {
@@ -760,6 +758,8 @@ pub async fn copy_jobs(conn: &mut sqlx::PgConnection, jobs: &[Job]) -> anyhow::R
     Ok(())
 }
 
+/// Upserts `jobs` as they are now and deletes the `purged` ones (a job's later state always
+/// after its earlier one: the caller writes a job's batches in order).
 pub async fn write_jobs(
     conn: &mut sqlx::PgConnection,
     jobs: &[Job],
