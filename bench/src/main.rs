@@ -163,6 +163,12 @@ impl Stack {
             enabled: sample(&text, "jobs_projector_upkeep_enabled")? == 1.0,
             running: sample(&text, "jobs_projector_upkeep_running")? == 1.0,
             rounds: sample(&text, "jobs_projector_upkeep_rounds_total")? as u64,
+            // The series appears with the table's first vacuum.
+            jobs_vacuums: sample(
+                &text,
+                r#"jobs_projector_upkeep_tables_total{action="vacuum",table="jobs"}"#,
+            )
+            .unwrap_or(0.0) as u64,
         })
     }
 
@@ -248,6 +254,8 @@ struct Upkeep {
     enabled: bool,
     running: bool,
     rounds: u64,
+    /// VACUUMs of `jobs` finished.
+    jobs_vacuums: u64,
 }
 
 /// Latencies in microseconds.
@@ -781,6 +789,10 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         return Ok(Value::Object(f));
     }
 
+    // Whether the dead rows of the load phases were vacuumed before the queries (the list
+    // after a burst walks their index entries until then; docs/performance.md).
+    let upkeep_before_load = stack.upkeep(http).await.filter(|u| u.enabled);
+
     eprintln!("bench: raw JetStream publishes");
     let raw = raw_publish(&stack.nats_url, s).await?;
     eprintln!("bench: raw JetStream atomic batches of 100");
@@ -826,6 +838,16 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
 
     // Queries on a read model that has caught up with the cycle, not racing its tail.
     seed(&ctx, 1).await?;
+    if let (Some(before), Some(now)) = (&upkeep_before_load, stack.upkeep(http).await) {
+        f.insert(
+            "jobs_vacuums_before_queries".into(),
+            json!(now.jobs_vacuums.saturating_sub(before.jobs_vacuums)),
+        );
+        f.insert(
+            "upkeep_running_at_queries".into(),
+            json!(u8::from(now.running)),
+        );
+    }
     eprintln!("bench: queries");
     let (list, get) = queries(&ctx, s / 2.0).await?;
     let quota: Value = http

@@ -100,6 +100,8 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "get_p99_ms_at_10k",
         "list_p99_ms_after_seed",
         "get_p99_ms_after_seed",
+        "jobs_vacuums_before_queries",
+        "upkeep_running_at_queries",
         "rebuild_events_per_s",
         "seed_upkeep_wait_s",
     ] {
