@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 use crate::event::JobEvent;
 
+mod wire;
+
 /// The schema version written by this build. History:
 /// - 1: the first envelope.
 /// - 2: `prev_hash`, the hash of the job's previous event (None for its first): a hash chain
@@ -53,8 +55,9 @@ impl Actor {
     }
 }
 
-/// One event as written to the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// One event as written to the stream. Its decoding is `wire`'s, not derived: the derived
+/// one buffers the whole envelope for the flattened event.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub event_id: Uuid,
     pub schema_version: u32,
@@ -127,9 +130,9 @@ impl Envelope {
 
     /// [`Self::hash`] as its 32 bytes.
     pub fn digest(&self) -> EventHash {
-        let v = serde_json::to_value(self).expect("an envelope always serializes");
-        let mut out = Vec::with_capacity(1024);
-        canonical(&v, &mut out);
+        // Room for the entries of the outermost object and their sorted copy.
+        let mut out = Vec::with_capacity(2048);
+        crate::canonical::write(self, &mut out).expect("an envelope always serializes");
         EventHash(Sha256::digest(&out).into())
     }
 }
@@ -301,6 +304,50 @@ mod tests {
             Envelope::from_json(b"{\"schema_version\": 2"),
             Err(DecodeError::Json(_))
         ));
+    }
+
+    /// The writer puts `type` before `data`; another order (here the keys sorted, `data`
+    /// first), unknown fields, and a `Value` as the source decode to the same event, and a
+    /// field twice or `type` missing are refused by name.
+    #[test]
+    fn an_envelope_decodes_in_any_key_order_and_skips_unknown_fields() {
+        let env = Envelope {
+            event_id: Uuid::now_v7(),
+            schema_version: SCHEMA_VERSION,
+            tenant_id: Uuid::new_v4(),
+            job_id: Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            actor: Actor::worker("w"),
+            prev_hash: None,
+            event: JobEvent::Cancelled {
+                reason: Some("r".into()),
+                error: None,
+            },
+        };
+        let written = String::from_utf8(env.to_json()).unwrap();
+        assert!(written.find("\"type\"").unwrap() < written.find("\"data\"").unwrap());
+        let mut v = serde_json::to_value(&env).unwrap();
+        v["later_field"] = json!({"nested": [1, {"x": null}]});
+        let sorted = serde_json::to_string(&v).unwrap();
+        assert!(sorted.find("\"data\"").unwrap() < sorted.find("\"type\"").unwrap());
+        assert_eq!(Envelope::from_json(sorted.as_bytes()).unwrap(), env);
+        assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), env);
+
+        let twice = written.replacen("{", "{\"type\":\"JobRetried\",", 1);
+        let err = Envelope::from_json(twice.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate field `type`"), "{err}");
+        let untyped = written.replace("\"type\":\"JobCancelled\",", "");
+        let err = Envelope::from_json(untyped.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `type`"), "{err}");
+        let unknown = written.replace("JobCancelled", "JobVanished");
+        let err = Envelope::from_json(unknown.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JobVanished"), "{err}");
     }
 
     /// Every stored hash chain was written by the first implementation of `canonical` and

@@ -6,8 +6,11 @@
 //! job folds clones the job, and a clone of this is a reference count.
 //!
 //! Invariant: the text is what `serde_json` writes for a `Value` (keys sorted, no whitespace),
-//! so two `Json`s are equal exactly when their values are, and a job's JSON form is byte for
-//! byte what it was when these fields were `Value`s.
+//! so two `Json`s are equal exactly when their values are, a job's JSON form is byte for
+//! byte what it was when these fields were `Value`s, and the text is the value's canonical
+//! JSON (`envelope::canonical`), which the event digest writes as it is (`crate::canonical`).
+//! It holds as long as `serde_json`'s maps are sorted (its `preserve_order` feature off): the
+//! tests below fail if it is ever turned on.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -86,7 +89,9 @@ impl fmt::Debug for Json {
 impl Serialize for Json {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            self.0.serialize(s)
+            // A newtype to `serde_json` (so the text is written as it is); to the event digest
+            // (`crate::canonical`), word that the text is canonical already.
+            s.serialize_newtype_struct(crate::canonical::CANONICAL_TEXT, &**self.0)
         } else {
             s.serialize_str(self.as_str())
         }
@@ -125,6 +130,9 @@ mod tests {
             serde_json::from_str(r#"{"u": "é\"\n", "a": {"b": null}, "z": [1, 2.5, "s"]}"#)
                 .unwrap();
         assert_eq!(spaced, j);
+        let mut canonical = Vec::new();
+        crate::envelope::canonical(&v, &mut canonical);
+        assert_eq!(spaced.as_str().as_bytes(), canonical);
         assert_eq!(spaced.as_str(), serde_json::to_string(&v).unwrap());
         let from_value: Json = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(from_value, j);

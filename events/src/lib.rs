@@ -7,6 +7,7 @@
 //! command or the event. Invariant: whatever `decide` emits, `apply` accepts.
 
 pub mod apply;
+pub mod canonical;
 pub mod decide;
 pub mod envelope;
 pub mod event;

@@ -51,6 +51,11 @@ impl Given {
                     event: e.clone(),
                 },
             };
+            assert_eq!(
+                direct_canonical(&rec.envelope),
+                value_canonical(&rec.envelope),
+                "the digest's bytes written straight differ from the Value path's"
+            );
             let next = apply(self.job.as_ref(), &rec);
             assert!(
                 next.is_ok(),
@@ -64,6 +69,40 @@ impl Given {
     fn job(&self) -> &Job {
         self.job.as_ref().unwrap()
     }
+}
+
+/// An envelope's canonical JSON through `serde_json::Value`, as the first implementation
+/// wrote every stored hash chain.
+fn value_canonical(env: &Envelope) -> String {
+    let mut out = Vec::new();
+    crate::envelope::canonical(&serde_json::to_value(env).unwrap(), &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+/// The same, written straight from the envelope (what `Envelope::digest` hashes).
+fn direct_canonical(env: &Envelope) -> String {
+    let mut out = Vec::new();
+    crate::canonical::write(env, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Any JSON value: strings with escapes and non-ASCII text, numbers at their edges, nesting.
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        "[a-z\\\"\n\u{0}-\u{1f}é😀 ]{0,8}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 5, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-zA-Z_é\\\" ]{0,6}", inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
 }
 
 fn enqueue(max_attempts: i64) -> Command {
@@ -446,8 +485,49 @@ proptest! {
                     job_id: probe.id, at: t0(), actor: Actor::worker("w"), prev_hash: None, event: e,
                 };
                 let back = Envelope::from_json(&env.to_json()).unwrap();
-                prop_assert_eq!(back, env);
+                prop_assert_eq!(direct_canonical(&back), value_canonical(&back));
+                prop_assert_eq!(&back, &env);
+                // Keys sorted (`data` before `type`), and through a `Value`: the same event.
+                let sorted = serde_json::to_vec(&serde_json::to_value(&env).unwrap()).unwrap();
+                prop_assert_eq!(&Envelope::from_json(&sorted).unwrap(), &env);
+                let value = serde_json::to_value(&env).unwrap();
+                prop_assert_eq!(serde_json::from_value::<Envelope>(value).unwrap(), env);
             }
+        }
+    }
+}
+
+proptest! {
+    /// Whatever a job carries (payload, metadata, a result, a progress), the digest's bytes
+    /// written straight are the `Value` path's.
+    #[test]
+    fn the_canonical_form_written_straight_is_the_value_paths(
+        payload in arb_json(), metadata in arb_json(), result in arb_json(), actor in "[a-z\"é]{0,5}"
+    ) {
+        let mut body = json!({"type": "email.send", "payload": payload.clone()});
+        if metadata.is_object() {
+            body["metadata"] = metadata;
+        }
+        let req: EnqueueRequest = serde_json::from_value(body).unwrap();
+        let Ok(spec) = req.validate(t0(), "") else {
+            return Ok(());
+        };
+        let mut events = decide(None, &Command::Enqueue(spec), t0()).unwrap();
+        let probe = sample_job(Uuid::now_v7(), t0());
+        let lease_id = probe.lease.as_ref().unwrap().lease_id;
+        events.extend(decide(Some(&probe), &Command::Heartbeat {
+            worker_id: "w1".into(), lease_id, progress: Some(payload), extend_seconds: None,
+        }, t0()).unwrap());
+        events.extend(decide(Some(&probe), &Command::Complete {
+            worker_id: "w1".into(), lease_id, result: Some(result),
+        }, t0()).unwrap());
+        for e in events {
+            let env = Envelope {
+                event_id: Uuid::now_v7(), schema_version: crate::SCHEMA_VERSION,
+                tenant_id: Uuid::now_v7(), job_id: probe.id, at: t0(), actor: Actor::user(actor.clone()),
+                prev_hash: Some("ab".repeat(32)), event: e,
+            };
+            prop_assert_eq!(direct_canonical(&env), value_canonical(&env));
         }
     }
 }
