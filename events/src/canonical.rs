@@ -55,6 +55,24 @@ fn scalar<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Err
 /// One entry of an object being written: its key, and where its value lies in the output.
 type Span = (Cow<'static, str>, usize, usize);
 
+/// Scalars `serde_json` writes the same way from a `Value` and straight.
+macro_rules! written_as_serde_json_writes {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<(), Error> {
+            scalar(&v, self.out)
+        }
+    )*};
+}
+
+/// Keys that are not strings, made as `serde_json` makes them ([`other_key`]).
+macro_rules! keyed_as_serde_json_keys {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<String, Error> {
+            other_key(&v)
+        }
+    )*};
+}
+
 struct Canon<'a> {
     out: &'a mut Vec<u8>,
     /// The entries of every object still open, innermost last.
@@ -99,35 +117,13 @@ impl<'a> ser::Serializer for Canon<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Object<'a>;
 
-    fn serialize_bool(self, v: bool) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
+    written_as_serde_json_writes!(
+        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64
+    );
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
         via_value(&v, self.out)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        scalar(&v, self.out)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        scalar(&v, self.out)
     }
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
         via_value(&v, self.out)
@@ -296,49 +292,28 @@ impl Seq<'_> {
     }
 }
 
-impl ser::SerializeSeq for Seq<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
+/// The four sequence shapes serde has are one array here.
+macro_rules! array_of {
+    ($($shape:ident :: $method:ident),*) => {$(
+        impl ser::$shape for Seq<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Seq<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Seq<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Seq<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
+array_of!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 #[derive(PartialEq)]
 enum Kind {
@@ -451,35 +426,27 @@ impl ser::SerializeMap for Object<'_> {
     }
 }
 
-impl ser::SerializeStruct for Object<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.entry(key.into(), value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
+/// A struct and a struct variant's fields are entries with their names as keys.
+macro_rules! object_of {
+    ($($shape:ident),*) => {$(
+        impl ser::$shape for Object<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Error> {
+                self.entry(key.into(), value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Object<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), Error> {
-        self.entry(key.into(), value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
+object_of!(SerializeStruct, SerializeStructVariant);
 
 /// A map key as the `Value` path makes it: whatever `serde_json` accepts as a key, as the
 /// string it becomes.
@@ -516,45 +483,12 @@ impl ser::Serializer for Key {
     }
     // Anything else goes through `serde_json`'s own rules for keys (numbers and booleans as
     // their text, the rest refused): a map with it as its one key, read back.
-    fn serialize_bool(self, v: bool) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_i8(self, v: i8) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_i128(self, v: i128) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_u128(self, v: u128) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_f32(self, v: f32) -> Result<String, Error> {
-        other_key(&v)
-    }
-    fn serialize_f64(self, v: f64) -> Result<String, Error> {
-        other_key(&v)
-    }
+    keyed_as_serde_json_keys!(
+        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_i128: i128, serialize_u8: u8, serialize_u16: u16,
+        serialize_u32: u32, serialize_u64: u64, serialize_u128: u128, serialize_f32: f32,
+        serialize_f64: f64
+    );
     fn serialize_char(self, v: char) -> Result<String, Error> {
         Ok(v.to_string())
     }

@@ -55,8 +55,9 @@ impl Actor {
     }
 }
 
-/// One event as written to the stream. Its decoding is `wire`'s, not derived: the derived
-/// one buffers the whole envelope for the flattened event.
+// Its decoding is `wire`'s, not derived: the derived one buffers the whole envelope for the
+// flattened event. (A `//` comment: the doc comment below is the OpenAPI schema's text.)
+/// One event as written to the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub event_id: Uuid,
