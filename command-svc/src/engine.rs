@@ -444,6 +444,20 @@ impl Engine {
         }
     }
 
+    /// Takes new jobs this instance has just appended into the model (a worker long-polling
+    /// here is woken at once), from the jobs the route folded for its answer: as the fold of
+    /// their `JobEnqueued` events, without applying each event (and computing its digest) a
+    /// second time. One lock for the whole batch.
+    pub fn enqueued(&self, tier: &str, jobs: impl IntoIterator<Item = Job>) {
+        self.update(|m| {
+            let now = common::now();
+            for job in jobs {
+                m.enqueued(job, tier, now);
+            }
+        });
+        self.timers.notify_one();
+    }
+
     /// Takes a job's state into the model unless it already holds a later one.
     pub fn absorb(&self, job: Job) {
         self.update(|m| m.offer(job, common::now()));

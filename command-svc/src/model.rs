@@ -585,9 +585,7 @@ impl WriteModel {
             ..
         } = &rec.envelope.event
         {
-            if self.tiers.get(&rec.envelope.tenant_id) != Some(tier) {
-                self.tiers.insert(rec.envelope.tenant_id, tier.clone());
-            }
+            self.note_tier(rec.envelope.tenant_id, tier);
         }
         if matches!(rec.envelope.event, events::JobEvent::Purged {}) {
             self.forget(&id);
@@ -596,6 +594,26 @@ impl WriteModel {
         let job = apply(self.job(&id), rec)?;
         let ready = self.put(job, now);
         Ok(Folded::Applied { ready })
+    }
+
+    /// Remembers the plan tier a tenant's latest new job was enqueued under (its limits
+    /// when a scheduler or the sweeper acts for it).
+    fn note_tier(&mut self, tenant: Uuid, tier: &str) {
+        if self.tiers.get(&tenant).map(String::as_str) != Some(tier) {
+            self.tiers.insert(tenant, tier.to_string());
+        }
+    }
+
+    /// Takes a new job this instance has just appended, already folded from its `JobEnqueued`
+    /// by the caller, as [`Self::fold`] takes that event: the tenant's tier noted and the job
+    /// placed, unless the model already reflects it (the follower was first). Returns whether
+    /// it is ready now.
+    pub fn enqueued(&mut self, job: Job, tier: &str, now: DateTime<Utc>) -> bool {
+        if self.reflects(&job.id, job.last_event_seq) {
+            return false;
+        }
+        self.note_tier(job.tenant_id, tier);
+        self.offer(job, now)
     }
 
     /// Stores a job's state unless the model already holds the same or a later one (by its

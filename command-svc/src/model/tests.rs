@@ -263,7 +263,130 @@ fn a_finished_jobs_enqueue_folded_late_does_not_bring_it_back() {
     for rec in w.log.clone() {
         assert_eq!(w.model.fold(&rec, t0()).unwrap(), Folded::Seen);
     }
+    // Nor does the enqueue route's hand-over of the job it folded for its answer.
+    let job = events::apply(None, &enqueued).unwrap();
+    assert!(!w.model.enqueued(job, "free", t0()));
+    assert!(w.model.job(&id).is_none(), "the finished job came back");
     assert_eq!(w.model.live_jobs(), 0);
+}
+
+#[test]
+fn a_new_job_handed_over_by_the_enqueue_route_is_placed_as_its_fold_places_it() {
+    // The enqueue routes fold a new job's `JobEnqueued` once, for their answer, and hand the
+    // job to the model (`WriteModel::enqueued`) instead of folding the event again: the model
+    // must end up as the follower's fold of the same events leaves it.
+    let mut w = World::new();
+    let (t1, t2) = (Uuid::new_v4(), Uuid::new_v4());
+    let now = t0();
+    // What the model already holds: a finished job, a dead one and a pending one.
+    let done = w.enqueue(t1, json!({"type": "done", "payload": {}}), now);
+    let lease_id = w
+        .lease_next(&["done"], now)
+        .unwrap()
+        .lease
+        .unwrap()
+        .lease_id;
+    w.apply(
+        t1,
+        done,
+        &Command::Complete {
+            worker_id: "w".into(),
+            lease_id,
+            result: None,
+        },
+        now,
+    );
+    let dead = w.enqueue(t1, json!({"type": "dead", "payload": {}}), now);
+    w.apply(t1, dead, &Command::Cancel { reason: None }, now);
+    let pending = w.enqueue(t2, json!({"type": "a", "payload": {}}), now);
+    // New jobs of every kind of place, as the routes build them (with the caller's tier).
+    let bodies = [
+        (
+            t1,
+            "pro",
+            json!({"type": "a", "payload": {"n": 1}, "priority": 9}),
+        ),
+        (
+            t1,
+            "pro",
+            json!({"type": "a", "payload": {}, "delay_seconds": 60}),
+        ),
+        (
+            t2,
+            "free",
+            json!({"type": "b", "payload": {}, "depends_on": [pending]}),
+        ),
+        (
+            t1,
+            "pro",
+            json!({"type": "b", "payload": {}, "depends_on": [done]}),
+        ),
+        (
+            t1,
+            "pro",
+            json!({"type": "b", "payload": {}, "depends_on": [dead]}),
+        ),
+        (
+            t2,
+            "free",
+            json!({"type": "a", "payload": {}, "ttl_seconds": 30}),
+        ),
+    ];
+    let mut new = Vec::new();
+    for (tenant, tier, body) in bodies {
+        let req: EnqueueRequest = serde_json::from_value(body).unwrap();
+        let mut spec = req.validate(now, "").unwrap();
+        spec.plan_tier = Some(tier.to_string());
+        let event = decide(None, &Command::Enqueue(spec), now)
+            .unwrap()
+            .remove(0);
+        w.seq += 1;
+        let envelope = Envelope {
+            event_id: Uuid::now_v7(),
+            schema_version: 1,
+            tenant_id: tenant,
+            job_id: Uuid::now_v7(),
+            at: now,
+            actor: Actor::system("t"),
+            prev_hash: None,
+            event,
+        };
+        new.push((
+            tier,
+            Recorded {
+                seq: w.seq,
+                envelope,
+            },
+        ));
+    }
+    let (mut folded, mut handed) = (WriteModel::default(), WriteModel::default());
+    for rec in &w.log {
+        folded.fold(rec, now).unwrap();
+        handed.fold(rec, now).unwrap();
+    }
+    for (tier, rec) in &new {
+        let ready = folded.fold(rec, now).unwrap() == Folded::Applied { ready: true };
+        let job = events::apply(None, rec).unwrap();
+        assert_eq!(
+            handed.enqueued(job, tier, now),
+            ready,
+            "{:?}",
+            rec.envelope.event
+        );
+    }
+    let expected = fingerprint(&mut folded, now);
+    assert_eq!(fingerprint(&mut handed, now), expected);
+    assert!(
+        expected.contains("pro") && expected.contains("free"),
+        "{expected}"
+    );
+    // The follower's fold after the hand-over (or a second hand-over) changes nothing.
+    for (tier, rec) in &new {
+        assert_eq!(handed.fold(rec, now).unwrap(), Folded::Seen);
+        assert!(!handed.enqueued(events::apply(None, rec).unwrap(), tier, now));
+    }
+    // (A fingerprint's tick takes the reports it makes: both models are read a second time.)
+    assert_eq!(fingerprint(&mut handed, now), fingerprint(&mut folded, now));
 }
 
 #[test]

@@ -271,12 +271,9 @@ async fn enqueue(
         }
         Err(e) => return Err(e.into()),
     };
-    // Into this instance's write model at once: a worker long-polling here is woken now.
-    state.engine.fold(&Recorded {
-        seq,
-        envelope: env.clone(),
-    });
     let job = folded(env, seq)?;
+    // Into this instance's write model at once: a worker long-polling here is woken now.
+    state.engine.enqueued(&tier, [job.clone()]);
     if unique.is_some() {
         return Ok(deduplicated(&job, false, StatusCode::CREATED));
     }
@@ -385,16 +382,11 @@ async fn enqueue_batch(
         Err(e) => return Err(e.into()),
     };
     let last = *seqs.last().unwrap_or(&0);
-    for (env, seq) in envs.iter().zip(&seqs) {
-        state.engine.fold(&Recorded {
-            seq: *seq,
-            envelope: env.clone(),
-        });
-    }
     let jobs = envs
         .into_iter()
         .zip(seqs)
         .map(|(env, seq)| folded(env, seq))
         .collect::<ApiResult<Vec<_>>>()?;
+    state.engine.enqueued(&tier, jobs.iter().cloned());
     Ok(with_seq(envelope(StatusCode::CREATED, json!({ "jobs": jobs })), last).into_response())
 }
