@@ -278,7 +278,7 @@ fn a_new_job_handed_over_by_the_enqueue_route_is_placed_as_its_fold_places_it() 
     let mut w = World::new();
     let (t1, t2) = (Uuid::new_v4(), Uuid::new_v4());
     let now = t0();
-    // What the model already holds: a finished job, a dead one and a pending one.
+    // What the model already holds: a completed job, a cancelled one and a pending one.
     let done = w.enqueue(t1, json!({"type": "done", "payload": {}}), now);
     let lease_id = w
         .lease_next(&["done"], now)
