@@ -450,6 +450,11 @@ impl Gateway {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The nginx master's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 fn read(p: &Path) -> String {
@@ -457,8 +462,16 @@ fn read(p: &Path) -> String {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM, nginx's fast shutdown: the master stops its workers before it exits. A SIGKILL
+    /// of the master alone left its two workers running, orphaned, with the listening socket,
+    /// after every test that used a gateway. SIGKILL only if it has not exited within 5 s.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

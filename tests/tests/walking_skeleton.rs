@@ -524,3 +524,28 @@ async fn eventually_metric(app: &TestApp, base: &str, needle: &str) -> String {
     })
     .await
 }
+
+/// Whether process `pid` still runs (a zombie, exited and not yet reaped, does not).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name's closing parenthesis.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+#[tokio::test]
+async fn a_stopped_gateway_leaves_no_nginx_worker_behind() {
+    let (command, query) = (tests::procs::free_port(), tests::procs::free_port());
+    let gw = Gateway::start(command, query).await.expect("gateway");
+    let master = gw.pid().expect("the master runs").to_string();
+    let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        .expect("the master's children");
+    let workers: Vec<&str> = children.split_whitespace().collect();
+    assert!(!workers.is_empty(), "nginx started no worker");
+    assert!(workers.iter().all(|w| running(w)));
+    drop(gw);
+    // The drop waits for the master, which stops its workers before it exits.
+    let left: Vec<&&str> = workers.iter().filter(|w| running(w)).collect();
+    assert!(left.is_empty(), "nginx workers left running: {left:?}");
+}
