@@ -613,7 +613,7 @@ impl WriteModel {
             return false;
         }
         self.note_tier(job.tenant_id, tier);
-        self.offer(job, now)
+        self.put(job, now)
     }
 
     /// Stores a job's state unless the model already holds the same or a later one (by its
