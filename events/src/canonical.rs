@@ -666,39 +666,31 @@ mod tests {
             },
             absent: None,
         };
-        let samples: Vec<Vec<u8>> = vec![
-            by_value(&flat),
-            by_value(&raw),
-            by_value(&hashed),
-            by_value(&numbered),
-            by_value(
+        // Each value's bytes by the `Value` path, then written straight.
+        fn both<T: Serialize>(v: &T) -> (Vec<u8>, Vec<u8>) {
+            (by_value(v), direct(v))
+        }
+        let written = [
+            both(&flat),
+            both(&raw),
+            both(&hashed),
+            both(&numbered),
+            both(
                 &json!({"z": 1, "a": [true, null, 1.5, -3, 18446744073709551615u64], "m": {"b": {}, "a": []}}),
             ),
-            by_value(&(1.5f32, 0.1f32, u128::from(u64::MAX), -5i128, 'c', "s")),
-            by_value(&Bytes),
-            by_value(&[f64::INFINITY, -0.0, 0.1, 123456789.0]),
+            both(&(1.5f32, 0.1f32, u128::from(u64::MAX), -5i128, 'c', "s")),
+            both(&Bytes),
+            both(&[f64::INFINITY, -0.0, 0.1, 123456789.0]),
         ];
-        let directs: Vec<Vec<u8>> = vec![
-            direct(&flat),
-            direct(&raw),
-            direct(&hashed),
-            direct(&numbered),
-            direct(
-                &json!({"z": 1, "a": [true, null, 1.5, -3, 18446744073709551615u64], "m": {"b": {}, "a": []}}),
-            ),
-            direct(&(1.5f32, 0.1f32, u128::from(u64::MAX), -5i128, 'c', "s")),
-            direct(&Bytes),
-            direct(&[f64::INFINITY, -0.0, 0.1, 123456789.0]),
-        ];
-        for (a, b) in samples.iter().zip(&directs) {
+        for (by_value, direct) in &written {
             assert_eq!(
-                String::from_utf8_lossy(b),
-                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(direct),
+                String::from_utf8_lossy(by_value),
                 "direct against the Value path"
             );
         }
         // The flattened tag and content are sorted in with the struct's own fields.
-        assert!(String::from_utf8_lossy(&directs[0]).starts_with(r#"{"data":{"a":["Unit","#));
+        assert!(String::from_utf8_lossy(&written[0].1).starts_with(r#"{"data":{"a":["Unit","#));
     }
 
     /// A key `serde_json` cannot make a string of is refused, as the `Value` path refuses it.

@@ -271,24 +271,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// An event of this version decodes in one pass; the same event marked with a newer
-    /// version is refused as too new (even though its fields would decode), and bytes that are
-    /// no envelope say so.
-    #[test]
-    fn from_json_takes_this_version_refuses_a_newer_one_and_says_what_is_wrong() {
-        let env = Envelope {
+    /// A `JobCancelled` of this version, by `actor`, of a job of its own.
+    fn cancelled(actor: Actor, prev_hash: Option<String>, reason: &str) -> Envelope {
+        Envelope {
             event_id: Uuid::now_v7(),
             schema_version: SCHEMA_VERSION,
             tenant_id: Uuid::new_v4(),
             job_id: Uuid::now_v7(),
             at: chrono::Utc::now(),
-            actor: Actor::system("test"),
-            prev_hash: Some("ab".repeat(32)),
+            actor,
+            prev_hash,
             event: JobEvent::Cancelled {
-                reason: Some("no longer needed".into()),
+                reason: Some(reason.into()),
                 error: None,
             },
-        };
+        }
+    }
+
+    /// An event of this version decodes in one pass; the same event marked with a newer
+    /// version is refused as too new (even though its fields would decode), and bytes that are
+    /// no envelope say so.
+    #[test]
+    fn from_json_takes_this_version_refuses_a_newer_one_and_says_what_is_wrong() {
+        let env = cancelled(
+            Actor::system("test"),
+            Some("ab".repeat(32)),
+            "no longer needed",
+        );
         let bytes = env.to_json();
         let back = Envelope::from_json(&bytes).unwrap();
         assert_eq!(back.to_json(), bytes);
@@ -312,19 +321,7 @@ mod tests {
     /// field twice or `type` missing are refused by name.
     #[test]
     fn an_envelope_decodes_in_any_key_order_and_skips_unknown_fields() {
-        let env = Envelope {
-            event_id: Uuid::now_v7(),
-            schema_version: SCHEMA_VERSION,
-            tenant_id: Uuid::new_v4(),
-            job_id: Uuid::now_v7(),
-            at: chrono::Utc::now(),
-            actor: Actor::worker("w"),
-            prev_hash: None,
-            event: JobEvent::Cancelled {
-                reason: Some("r".into()),
-                error: None,
-            },
-        };
+        let env = cancelled(Actor::worker("w"), None, "r");
         let written = String::from_utf8(env.to_json()).unwrap();
         assert!(written.find("\"type\"").unwrap() < written.find("\"data\"").unwrap());
         let mut v = serde_json::to_value(&env).unwrap();

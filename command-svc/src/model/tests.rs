@@ -68,6 +68,22 @@ impl World {
         id
     }
 
+    /// Enqueues a job of `job_type` (which has no other job ready), leases it and completes
+    /// it; returns its id.
+    fn completed(&mut self, tenant: Uuid, job_type: &str, now: DateTime<Utc>) -> Uuid {
+        let id = self.enqueue(tenant, json!({"type": job_type, "payload": {}}), now);
+        let leased = self.lease_next(&[job_type], now).unwrap();
+        assert_eq!(leased.id, id);
+        let lease_id = leased.lease.unwrap().lease_id;
+        let complete = Command::Complete {
+            worker_id: "w".into(),
+            lease_id,
+            result: None,
+        };
+        self.apply(tenant, id, &complete, now);
+        id
+    }
+
     fn lease_next(&mut self, types: &[&str], now: DateTime<Utc>) -> Option<Job> {
         let types: Vec<String> = types.iter().map(|s| s.to_string()).collect();
         let job = self.model.take(&types, None, |_, _| u64::MAX)?;
@@ -279,23 +295,7 @@ fn a_new_job_handed_over_by_the_enqueue_route_is_placed_as_its_fold_places_it() 
     let (t1, t2) = (Uuid::new_v4(), Uuid::new_v4());
     let now = t0();
     // What the model already holds: a completed job, a cancelled one and a pending one.
-    let done = w.enqueue(t1, json!({"type": "done", "payload": {}}), now);
-    let lease_id = w
-        .lease_next(&["done"], now)
-        .unwrap()
-        .lease
-        .unwrap()
-        .lease_id;
-    w.apply(
-        t1,
-        done,
-        &Command::Complete {
-            worker_id: "w".into(),
-            lease_id,
-            result: None,
-        },
-        now,
-    );
+    let done = w.completed(t1, "done", now);
     let dead = w.enqueue(t1, json!({"type": "dead", "payload": {}}), now);
     w.apply(t1, dead, &Command::Cancel { reason: None }, now);
     let pending = w.enqueue(t2, json!({"type": "a", "payload": {}}), now);
@@ -568,14 +568,7 @@ fn a_snapshot_and_the_events_after_it_give_what_a_full_replay_gives() {
         result: None,
     };
     // Before the snapshot: every place a job can be in.
-    let done = w.enqueue(t1, json!({"type": "done", "payload": {}}), now);
-    let done_lease = w
-        .lease_next(&["done"], now)
-        .unwrap()
-        .lease
-        .unwrap()
-        .lease_id;
-    w.apply(t1, done, &complete(done_lease), now);
+    let done = w.completed(t1, "done", now);
     let dead = w.enqueue(
         t1,
         json!({"type": "dead", "payload": {}, "max_attempts": 1}),
