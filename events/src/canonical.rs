@@ -52,6 +52,14 @@ fn scalar<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Err
     serde_json::to_writer(out, value)
 }
 
+/// `{"variant":`, the start of the one-key object an enum variant with data is written as.
+fn open_variant(variant: &str, out: &mut Vec<u8>) -> Result<(), Error> {
+    out.push(b'{');
+    scalar(variant, out)?;
+    out.push(b':');
+    Ok(())
+}
+
 /// One entry of an object being written: its key, and where its value lies in the output.
 type Span = (Cow<'static, str>, usize, usize);
 
@@ -90,6 +98,17 @@ enum Mode {
 }
 
 impl<'a> Canon<'a> {
+    /// Opens an array (`variant`: inside the one-key object of a tuple variant).
+    fn array(self, variant: bool) -> Seq<'a> {
+        self.out.push(b'[');
+        Seq {
+            out: self.out,
+            spans: self.spans,
+            first: true,
+            variant,
+        }
+    }
+
     fn object(self, kind: Kind) -> Object<'a> {
         let kind = match kind {
             Kind::Raw if self.mode == Mode::CanonicalText => Kind::CanonicalRaw,
@@ -195,9 +214,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         value: &T,
     ) -> Result<(), Error> {
         // One key: nothing to sort.
-        self.out.push(b'{');
-        scalar(variant, self.out)?;
-        self.out.push(b':');
+        open_variant(variant, self.out)?;
         value.serialize(Canon {
             out: &mut *self.out,
             spans: self.spans,
@@ -207,13 +224,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         Ok(())
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a>, Error> {
-        self.out.push(b'[');
-        Ok(Seq {
-            out: self.out,
-            spans: self.spans,
-            first: true,
-            variant: false,
-        })
+        Ok(self.array(false))
     }
     fn serialize_tuple(self, len: usize) -> Result<Seq<'a>, Error> {
         self.serialize_seq(Some(len))
@@ -228,15 +239,8 @@ impl<'a> ser::Serializer for Canon<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Seq<'a>, Error> {
-        self.out.push(b'{');
-        scalar(variant, self.out)?;
-        self.out.extend_from_slice(b":[");
-        Ok(Seq {
-            out: self.out,
-            spans: self.spans,
-            first: true,
-            variant: true,
-        })
+        open_variant(variant, self.out)?;
+        Ok(self.array(true))
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Object<'a>, Error> {
         Ok(self.object(Kind::Plain))
@@ -256,9 +260,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         variant: &'static str,
         _len: usize,
     ) -> Result<Object<'a>, Error> {
-        self.out.push(b'{');
-        scalar(variant, self.out)?;
-        self.out.push(b':');
+        open_variant(variant, self.out)?;
         Ok(self.object(Kind::Variant))
     }
 }
