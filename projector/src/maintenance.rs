@@ -201,11 +201,99 @@ type StatsRow = (i64, i64, i64, i64, Option<Vec<String>>);
 /// default of 200), for the projector's VACUUM and ANALYZE.
 const VACUUM_COST: &str = "SET vacuum_cost_delay = '2ms'; SET vacuum_cost_limit = 200";
 
-/// One round: each table vacuumed or analyzed if it needs it (simple protocol: VACUUM cannot
-/// be prepared inside a transaction block). Returns how many tables got either.
-pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usize> {
+/// A statement running in Postgres does not notice that its client went away until it sends
+/// something back, and a VACUUM sends nothing until it ends: after the projector was killed
+/// (or stopped by `deploy/down`) its VACUUM went on, and a `DROP DATABASE` waited for it. With
+/// this the server polls the upkeep's socket every second while a statement runs and ends the
+/// statement once the socket is closed (Postgres 14 on; on an older server the upkeep runs
+/// without it).
+const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
+
+/// What [`round`] sets on its connection, back to the server's settings before the connection
+/// returns to the pool.
+const RESET: &str =
+    "RESET vacuum_cost_delay; RESET vacuum_cost_limit; RESET client_connection_check_interval";
+
+/// One round: each table vacuumed or analyzed if it needs it, on one connection of its own
+/// (simple protocol: VACUUM cannot be prepared inside a transaction block), until `stop`.
+/// Returns how many tables got either.
+///
+/// When `stop` fires mid-round the statement running is cancelled in the server
+/// (`pg_cancel_backend` of the round's own backend) and no other table is started: the
+/// projector stops at once instead of waiting out a VACUUM of a million-row table, and leaves
+/// nothing running behind it.
+pub async fn round(
+    pool: &PgPool,
+    metrics: &UpkeepMetrics,
+    stop: &CancellationToken,
+) -> anyhow::Result<usize> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| anyhow::anyhow!("a connection for the upkeep: {e}"))?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("the upkeep connection's backend: {e}"))?;
+    conn.execute(sqlx::raw_sql(VACUUM_COST))
+        .await
+        .map_err(|e| anyhow::anyhow!("{VACUUM_COST}: {e}"))?;
+    if let Err(e) = conn.execute(sqlx::raw_sql(CLIENT_CHECK)).await {
+        tracing::debug!(error = %e, "the server has no client_connection_check_interval");
+    }
+    let done = {
+        let work = tables(&mut conn, metrics, stop);
+        tokio::pin!(work);
+        tokio::select! {
+            done = &mut work => Some(done),
+            _ = stop.cancelled() => {
+                cancel(pool, backend).await;
+                // The cancelled statement ends with an error, and no other table starts.
+                tokio::time::timeout(STOP_WAIT, work).await.ok()
+            }
+        }
+    };
+    let Some(done) = done else {
+        // Still busy: the connection is closed rather than returned with a statement in it
+        // (the server ends the statement once it sees the socket closed).
+        conn.close_on_drop();
+        anyhow::bail!("the upkeep's statement had not ended {STOP_WAIT:?} after the stop");
+    };
+    // Back to the server's settings before the connection returns to the pool.
+    let reset = conn.execute(sqlx::raw_sql(RESET)).await;
+    let done = done?;
+    reset.map_err(|e| anyhow::anyhow!("resetting the upkeep's settings: {e}"))?;
+    Ok(done)
+}
+
+/// How long a stop waits for the round's cancelled statement to end.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Cancels the statement `backend` runs (`pg_cancel_backend`), from another connection.
+async fn cancel(pool: &PgPool, backend: i32) {
+    let cancel = sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(backend)
+        .execute(pool);
+    match tokio::time::timeout(STOP_WAIT, cancel).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cancelling the upkeep's statement at stop failed")
+        }
+        Err(_) => tracing::warn!("no connection to cancel the upkeep's statement at stop"),
+    }
+}
+
+/// The round's tables on `conn`, each as [`upkeep`] says, none started once `stop` fired.
+async fn tables(
+    conn: &mut sqlx::PgConnection,
+    metrics: &UpkeepMetrics,
+    stop: &CancellationToken,
+) -> anyhow::Result<usize> {
     let mut done = 0;
     for table in TABLES {
+        if stop.is_cancelled() {
+            break;
+        }
         let counts: Option<StatsRow> = sqlx::query_as(
             "SELECT s.n_live_tup, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze, \
                     c.reloptions::text[] \
@@ -213,7 +301,7 @@ pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usi
              WHERE s.relname = $1 AND s.schemaname = current_schema()",
         )
         .bind(table)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(|e| anyhow::anyhow!("reading {table}'s statistics: {e}"))?;
         let Some((live, dead, inserted, modified, options)) = counts else {
@@ -232,26 +320,13 @@ pub async fn round(pool: &PgPool, metrics: &UpkeepMetrics) -> anyhow::Result<usi
             Upkeep::Vacuum => (format!("VACUUM {table}"), &["vacuum"]),
             Upkeep::VacuumAnalyze => (format!("VACUUM (ANALYZE) {table}"), &["vacuum", "analyze"]),
         };
-        // Throttled as autovacuum throttles itself (2 ms of sleep per 200 cost units): a
-        // manual VACUUM runs at full speed by default, and on a 2-core machine one of the
-        // 1 M-row table took lease latency p99 to 750-850 ms while it ran; throttled, 71 ms
-        // (docs/performance.md). One connection, so the setting applies to the VACUUM.
-        let mut conn = pool
-            .acquire()
+        // Throttled as autovacuum throttles itself (2 ms of sleep per 200 cost units, set by
+        // `round` on this connection): a manual VACUUM runs at full speed by default, and on a
+        // 2-core machine one of the 1 M-row table took lease latency p99 to 750-850 ms while
+        // it ran; throttled, 71 ms (docs/performance.md).
+        conn.execute(sqlx::raw_sql(&sql))
             .await
-            .map_err(|e| anyhow::anyhow!("a connection for {sql}: {e}"))?;
-        conn.execute(sqlx::raw_sql(VACUUM_COST))
-            .await
-            .map_err(|e| anyhow::anyhow!("{VACUUM_COST}: {e}"))?;
-        let result = conn.execute(sqlx::raw_sql(&sql)).await;
-        // Back to the server's setting before the connection returns to the pool.
-        let reset = conn
-            .execute(sqlx::raw_sql(
-                "RESET vacuum_cost_delay; RESET vacuum_cost_limit",
-            ))
-            .await;
-        result.map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
-        reset.map_err(|e| anyhow::anyhow!("resetting the vacuum cost: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
         for action in actions {
             metrics.done.with_label_values(&[table, action]).inc();
         }
@@ -288,7 +363,7 @@ pub async fn run(
         }
         let started = std::time::Instant::now();
         metrics.running.set(1);
-        let outcome = round(&pool, &metrics).await;
+        let outcome = round(&pool, &metrics, &stop).await;
         metrics.running.set(0);
         metrics.rounds.inc();
         metrics.seconds.inc_by(started.elapsed().as_secs_f64());
@@ -299,6 +374,9 @@ pub async fn run(
                 ms = started.elapsed().as_millis() as u64,
                 "read model vacuumed or analyzed where it had changed enough"
             ),
+            Err(e) if stop.is_cancelled() => {
+                tracing::info!(error = %e, "upkeep round cut short by the stop")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "vacuuming the read model failed; next round will retry")
             }

@@ -331,6 +331,27 @@ impl Bin {
         })
     }
 
+    /// SIGTERM (a graceful stop), then up to `within` for the process to exit: its exit status,
+    /// or `None` if it was still running then (it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, "TERM");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match c.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

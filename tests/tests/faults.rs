@@ -628,6 +628,86 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     assert!(m["jobs_projector_upkeep_seconds_total"] > 0.0);
 }
 
+/// The backend of a `VACUUM` or an `ANALYZE` of `jobs` in this test's database, if one runs
+/// waiting on a lock.
+async fn upkeep_waiting(pool: &sqlx::PgPool) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ~ '^(VACUUM|ANALYZE).* jobs$' \
+           AND wait_event_type = 'Lock'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+async fn backend_alive(pool: &sqlx::PgPool, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upkeep_vacuum_ends_with_the_projector_whether_stopped_or_killed() {
+    // A VACUUM sends nothing to its client until it ends, so Postgres went on with one after
+    // the projector that started it had gone, and a DROP DATABASE waited for it. Here the
+    // projector's VACUUM (or ANALYZE) of `jobs` waits on a lock this test holds (as long as
+    // one of a big table would run), and the projector is stopped, then killed.
+    let app = TestApp::spawn_with(false).await;
+    let pool = app.pool().await;
+    // 1,300 new rows: past the insert rule's 1,000 + 20 %, so `jobs` is due for a vacuum.
+    for chunk in 0..13 {
+        let jobs: Vec<Value> = (0..100).map(|i| email_job(chunk * 100 + i)).collect();
+        app.enqueue_batch(&jobs).await;
+    }
+    // Inserts take no lock that conflicts with this one; a VACUUM or an ANALYZE does.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut env = projector_env(&app);
+    env.push(("JOBS_PROJECTOR_MAINTENANCE", "always".into()));
+    env.push(("JOBS_PROJECTOR_MAINTENANCE_SECONDS", "1".into()));
+    for killed in [false, true] {
+        let mut projector = Bin::spawn("projector", &env).unwrap();
+        let backend = eventually(
+            Duration::from_secs(30),
+            "the projector's VACUUM or ANALYZE of jobs waiting on the test's lock",
+            || upkeep_waiting(&pool),
+        )
+        .await;
+        if killed {
+            projector.kill9();
+        } else {
+            // Stopped gracefully: at once, not once the statement would have ended.
+            let status = projector.terminate(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "the projector stopped cleanly within 10 s while its upkeep waited: {status:?}\n{}",
+                projector.log_text()
+            );
+        }
+        eventually(
+            Duration::from_secs(15),
+            "the upkeep statement's backend to end with the projector",
+            || async { (!backend_alive(&pool, backend).await).then_some(()) },
+        )
+        .await;
+    }
+    blocker.rollback().await.unwrap();
+    // Nothing was lost on the way: a projector started again has every job in the read model.
+    let _projector = Bin::spawn("projector", &projector_env(&app)).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "all 1,300 jobs projected",
+        || async { (count(&pool, "SELECT count(*) FROM jobs").await == 1_300).then_some(()) },
+    )
+    .await;
+}
+
 /// command-svc's `jobs_snapshot_restored_position` (0: it replayed the whole stream).
 async fn restored_position(http: &reqwest::Client, instance: &tests::Running) -> f64 {
     tests::scrape(http, &instance.url()).await["jobs_snapshot_restored_position"]
