@@ -1,7 +1,10 @@
 //! The projection loop: a durable pull consumer on `JOBS_EVENTS`, positioned at checkpoint + 1
 //! every time it (re)starts, so the Postgres checkpoint alone decides where reading resumes.
-//! Batches are whatever is ready (up to the batch size), so an idle stream is projected at
-//! once and a busy one in large transactions. A failing batch is retried, never skipped.
+//! A batch starts with the first event to arrive and takes what arrives within the linger
+//! after it (`JOBS_PROJECTOR_LINGER_MS`), up to the batch size: a full batch goes at once, and
+//! a trickle of events goes in one transaction per linger rather than one per event, which
+//! cost Postgres a commit each and, on two cores, the lease path its CPU (docs/performance.md).
+//! A failing batch is retried, never skipped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -84,6 +87,8 @@ pub struct Projector {
     pub pool: PgPool,
     pub js: jetstream::Context,
     pub batch_size: usize,
+    /// How long a batch waits after its first event for more (zero: not at all).
+    pub linger: Duration,
     pub metrics: ProjectorMetrics,
     pub checkpoint: Arc<AtomicU64>,
 }
@@ -162,11 +167,22 @@ impl Projector {
                 .context("the consumer ended")?
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut batch = vec![first];
+            let until = tokio::time::Instant::now() + self.linger;
             while batch.len() < self.batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => batch.push(m),
-                    Some(Some(Err(e))) => return Err(anyhow::anyhow!("{e}")),
-                    _ => break,
+                // What has arrived, then (when lingering) what arrives until `until`.
+                let next = match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None if self.linger.is_zero() => break,
+                    None => tokio::select! {
+                        next = messages.next() => next,
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = stop.cancelled() => break,
+                    },
+                };
+                match next {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+                    None => break,
                 }
             }
             let incoming = batch

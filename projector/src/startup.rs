@@ -67,6 +67,7 @@ impl Application {
             pool: pool.clone(),
             js: js.clone(),
             batch_size: config.batch_size.max(1),
+            linger: std::time::Duration::from_millis(config.linger_ms),
             metrics: pm.clone(),
             checkpoint: checkpoint.clone(),
         };

@@ -126,6 +126,8 @@ pub fn projector_config(nats_url: &str, db_url: &str) -> projector::Config {
         projector_addr: local(0),
         database_url: db_url.to_string(),
         batch_size: 500,
+        // The default, as deploy/up runs it.
+        linger_ms: 10,
         rebuild_batch: 5000,
         rebuild_cache_jobs: 50_000,
         // Tests that want it ask for it (see faults.rs); rounds would only slow the others.
@@ -234,6 +236,11 @@ pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Run
     Ok(run_app!(
         projector::Application::build(projector_config(nats_url, db_url)).await?
     ))
+}
+
+/// The projector in-process with `config` (start from [`projector_config`]).
+pub async fn start_projector_with(config: projector::Config) -> anyhow::Result<Running> {
+    Ok(run_app!(projector::Application::build(config).await?))
 }
 
 /// The projector in-process doing the read model's upkeep itself every second, whatever the

@@ -549,3 +549,68 @@ async fn a_stopped_gateway_leaves_no_nginx_worker_behind() {
     let left: Vec<&&str> = workers.iter().filter(|w| running(w)).collect();
     assert!(left.is_empty(), "nginx workers left running: {left:?}");
 }
+
+/// The projector's `jobs_projector_batch_size` histogram: (batches, events in them).
+async fn batches(app: &TestApp, projector: &tests::Running) -> (f64, f64) {
+    let m = tests::scrape(&app.http, &projector.url()).await;
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    (
+        get("jobs_projector_batch_size_count"),
+        get("jobs_projector_batch_size_sum"),
+    )
+}
+
+#[tokio::test]
+async fn the_projector_gathers_the_events_of_its_linger_in_one_transaction() {
+    let app = TestApp::spawn_with(false).await;
+    let mut config = tests::projector_config(&app.nats.url(), &app.db.url);
+    config.linger_ms = 3_000;
+    let projector = tests::start_projector_with(config).await.unwrap();
+    // Three enqueues one after the other, each answered before the next is sent: without the
+    // linger each would be a batch of its own.
+    let started = std::time::Instant::now();
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        seqs.push(app.enqueue(&email_job(i)).await.1);
+    }
+    assert_eq!(seqs, [1, 2, 3], "the stream held nothing before them");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "the premise: all three appended well within the 3 s linger ({:?})",
+        started.elapsed()
+    );
+    let (count, sum) = tests::eventually(
+        Duration::from_secs(20),
+        "the three events applied",
+        || async {
+            let b = batches(&app, &projector).await;
+            (b.1 >= 3.0).then_some(b)
+        },
+    )
+    .await;
+    assert_eq!((count, sum), (1.0, 3.0), "one batch of three");
+    let (_, got) = app.get("/jobs/v1/jobs?limit=10", 3).await;
+    assert_eq!(got["data"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn a_full_batch_is_applied_without_waiting_out_the_linger() {
+    let app = TestApp::spawn_with(false).await;
+    let mut config = tests::projector_config(&app.nats.url(), &app.db.url);
+    config.batch_size = 3;
+    config.linger_ms = 600_000;
+    let projector = tests::start_projector_with(config).await.unwrap();
+    let mut last = 0;
+    for i in 0..3 {
+        last = app.enqueue(&email_job(i)).await.1;
+    }
+    // Visible long before the ten minutes of linger: the batch was full.
+    let (_, got) = app.get("/jobs/v1/jobs?limit=10", last).await;
+    assert_eq!(got["data"].as_array().map(Vec::len), Some(3));
+    let applied = tests::eventually(Duration::from_secs(5), "the batch counted", || async {
+        let b = batches(&app, &projector).await;
+        (b.1 >= 3.0).then_some(b)
+    })
+    .await;
+    assert_eq!(applied, (1.0, 3.0), "one full batch of three");
+}
