@@ -233,9 +233,7 @@ pub async fn start_query(nats_url: &str, db_url: &str, keys: &Keys) -> anyhow::R
 }
 
 pub async fn start_projector(nats_url: &str, db_url: &str) -> anyhow::Result<Running> {
-    Ok(run_app!(
-        projector::Application::build(projector_config(nats_url, db_url)).await?
-    ))
+    start_projector_with(projector_config(nats_url, db_url)).await
 }
 
 /// The projector in-process with `config` (start from [`projector_config`]).
@@ -249,7 +247,7 @@ pub async fn start_projector_doing_upkeep(nats_url: &str, db_url: &str) -> anyho
     let mut config = projector_config(nats_url, db_url);
     config.maintenance = projector::maintenance::Mode::Always;
     config.maintenance_seconds = 1;
-    Ok(run_app!(projector::Application::build(config).await?))
+    start_projector_with(config).await
 }
 
 /// The committed development users (`deploy/dev-users.toml`: the seed page's two).

@@ -18,6 +18,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// SIGTERM to `child`, then up to `within` for it to exit: its exit status, or `None` if it was
+/// still running then (it is killed with SIGKILL).
+fn terminate(mut child: Child, within: Duration) -> Option<std::process::ExitStatus> {
+    signal(&child, "TERM");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -334,22 +354,7 @@ impl Bin {
     /// SIGTERM (a graceful stop), then up to `within` for the process to exit: its exit status,
     /// or `None` if it was still running then (it is killed).
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        signal(&c, "TERM");
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            match c.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    return None;
-                }
-            }
-        }
+        terminate(self.child.take()?, within)
     }
 
     pub fn kill9(&mut self) {
@@ -487,14 +492,8 @@ impl Drop for Gateway {
     /// of the master alone left its two workers running, orphaned, with the listening socket,
     /// after every test that used a gateway. SIGKILL only if it has not exited within 5 s.
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(&c, "TERM");
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            terminate(c, Duration::from_secs(5));
         }
     }
 }

@@ -550,14 +550,19 @@ async fn a_stopped_gateway_leaves_no_nginx_worker_behind() {
     assert!(left.is_empty(), "nginx workers left running: {left:?}");
 }
 
-/// The projector's `jobs_projector_batch_size` histogram: (batches, events in them).
-async fn batches(app: &TestApp, projector: &tests::Running) -> (f64, f64) {
-    let m = tests::scrape(&app.http, &projector.url()).await;
-    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-    (
-        get("jobs_projector_batch_size_count"),
-        get("jobs_projector_batch_size_sum"),
-    )
+/// The projector's `jobs_projector_batch_size` histogram once it counts `events` events:
+/// (batches, events in them).
+async fn batches_of(app: &TestApp, projector: &tests::Running, events: f64) -> (f64, f64) {
+    tests::eventually(Duration::from_secs(20), "the events applied", || async {
+        let m = tests::scrape(&app.http, &projector.url()).await;
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        let b = (
+            get("jobs_projector_batch_size_count"),
+            get("jobs_projector_batch_size_sum"),
+        );
+        (b.1 >= events).then_some(b)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -579,16 +584,11 @@ async fn the_projector_gathers_the_events_of_its_linger_in_one_transaction() {
         "the premise: all three appended well within the 3 s linger ({:?})",
         started.elapsed()
     );
-    let (count, sum) = tests::eventually(
-        Duration::from_secs(20),
-        "the three events applied",
-        || async {
-            let b = batches(&app, &projector).await;
-            (b.1 >= 3.0).then_some(b)
-        },
-    )
-    .await;
-    assert_eq!((count, sum), (1.0, 3.0), "one batch of three");
+    assert_eq!(
+        batches_of(&app, &projector, 3.0).await,
+        (1.0, 3.0),
+        "one batch of three"
+    );
     let (_, got) = app.get("/jobs/v1/jobs?limit=10", 3).await;
     assert_eq!(got["data"].as_array().map(Vec::len), Some(3));
 }
@@ -607,10 +607,9 @@ async fn a_full_batch_is_applied_without_waiting_out_the_linger() {
     // Visible long before the ten minutes of linger: the batch was full.
     let (_, got) = app.get("/jobs/v1/jobs?limit=10", last).await;
     assert_eq!(got["data"].as_array().map(Vec::len), Some(3));
-    let applied = tests::eventually(Duration::from_secs(5), "the batch counted", || async {
-        let b = batches(&app, &projector).await;
-        (b.1 >= 3.0).then_some(b)
-    })
-    .await;
-    assert_eq!(applied, (1.0, 3.0), "one full batch of three");
+    assert_eq!(
+        batches_of(&app, &projector, 3.0).await,
+        (1.0, 3.0),
+        "one full batch of three"
+    );
 }
