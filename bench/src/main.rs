@@ -174,6 +174,7 @@ impl Stack {
                 r#"jobs_projector_upkeep_tables_total{action="vacuum",table="jobs"}"#,
             )
             .unwrap_or(0.0) as u64,
+            actions: sum_of(&text, "jobs_projector_upkeep_tables_total") as u64,
         })
     }
 
@@ -254,6 +255,17 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every series of the metric `name` (each set of labels).
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let labels = series.strip_prefix(name)?;
+            (labels.is_empty() || labels.starts_with('{')).then(|| v.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// The projector's upkeep, as its `/metrics` shows it.
 struct Upkeep {
     enabled: bool,
@@ -261,6 +273,18 @@ struct Upkeep {
     rounds: u64,
     /// VACUUMs of `jobs` finished.
     jobs_vacuums: u64,
+    /// VACUUMs and ANALYZEs of any table finished.
+    actions: u64,
+}
+
+impl Upkeep {
+    /// Whether the upkeep worked on a table at any time between `before` and `after`: a
+    /// round running at either end, or a table vacuumed or analyzed in between (a round that
+    /// found nothing to do does not count). 1 or 0, for the figures.
+    fn during(before: &Option<Self>, after: &Option<Self>) -> Option<u8> {
+        let (b, a) = (before.as_ref()?, after.as_ref()?);
+        Some(u8::from(b.running || a.running || a.actions > b.actions))
+    }
 }
 
 /// Latencies in microseconds.
@@ -817,7 +841,11 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         let wc = worker_client(args)?;
         drain(&wc, &stack.worker_url).await?;
         eprintln!("bench: lease latency at {rate} jobs/s, only");
+        let upkeep = stack.upkeep(http).await;
         let paced = cycle(&ctx, &wc, stack, args, Some(rate)).await?;
+        if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+            f.insert("upkeep_during_phase".into(), json!(during));
+        }
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
             f.insert(
                 format!("lease_latency_{name}_ms"),
@@ -873,14 +901,24 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     drain(&wc, &stack.worker_url).await?;
 
     eprintln!("bench: lease latency at 100 jobs/s");
+    let upkeep = stack.upkeep(http).await;
     let paced = cycle(&ctx, &wc, stack, args, Some(100.0)).await?;
+    // Whether the projector's upkeep ran beside a latency phase: the phases it overlaps are
+    // the ones whose tail moves (docs/performance.md).
+    if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+        f.insert("upkeep_during_100_per_s".into(), json!(during));
+    }
     eprintln!("bench: the cycle with {} workers", args.workers);
     let cpu = cpu_seconds();
     let full = cycle(&ctx, &wc, stack, args, None).await?;
     let cpu_cycle = cpu_us_per(&cpu, full.completed);
     let half_rate = (full.rate / 2.0).max(1.0);
     eprintln!("bench: lease latency at half the cycle rate ({half_rate:.0} jobs/s)");
+    let upkeep = stack.upkeep(http).await;
     let half = cycle(&ctx, &wc, stack, args, Some(half_rate)).await?;
+    if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+        f.insert("upkeep_during_half_cycle_rate".into(), json!(during));
+    }
 
     // Queries on a read model that has caught up with the cycle, not racing its tail.
     seed(&ctx, 1).await?;
@@ -1408,5 +1446,37 @@ mod tests {
         assert_eq!(sample(text, "jobs_x_running"), Some(1.0));
         assert_eq!(sample(text, "jobs_x"), None);
         assert_eq!(sample("jobs_x_total oops\n", "jobs_x_total"), None);
+    }
+
+    #[test]
+    fn a_sum_is_every_series_of_that_name_and_no_other() {
+        let text = "# TYPE jobs_t_total counter\n\
+                    jobs_t_total{table=\"jobs\",action=\"vacuum\"} 2\n\
+                    jobs_t_total{table=\"job_events\",action=\"analyze\"} 5\n\
+                    jobs_t_total_other 100\njobs_t 1000\n";
+        assert_eq!(sum_of(text, "jobs_t_total"), 7.0);
+        assert_eq!(sum_of("jobs_t_total 4\n", "jobs_t_total"), 4.0);
+        assert_eq!(sum_of("", "jobs_t_total"), 0.0);
+    }
+
+    #[test]
+    fn upkeep_during_a_phase_is_a_round_at_either_end_or_a_table_done_in_it() {
+        let at = |running: bool, rounds: u64, actions: u64| {
+            Some(Upkeep {
+                enabled: true,
+                running,
+                rounds,
+                jobs_vacuums: 0,
+                actions,
+            })
+        };
+        // Rounds that found nothing to do do not count.
+        assert_eq!(Upkeep::during(&at(false, 1, 4), &at(false, 3, 4)), Some(0));
+        assert_eq!(Upkeep::during(&at(true, 1, 4), &at(false, 1, 4)), Some(1));
+        assert_eq!(Upkeep::during(&at(false, 1, 4), &at(true, 1, 4)), Some(1));
+        assert_eq!(Upkeep::during(&at(false, 1, 4), &at(false, 2, 5)), Some(1));
+        // No projector metrics at either end: no figure.
+        assert_eq!(Upkeep::during(&None, &at(false, 1, 4)), None);
+        assert_eq!(Upkeep::during(&at(false, 1, 4), &None), None);
     }
 }

@@ -102,6 +102,8 @@ async fn the_benchmark_runs_and_reports_every_figure() {
         "get_p99_ms_after_seed",
         "jobs_vacuums_before_queries",
         "upkeep_running_at_queries",
+        "upkeep_during_100_per_s",
+        "upkeep_during_half_cycle_rate",
         "rebuild_events_per_s",
         "seed_upkeep_wait_s",
     ] {
