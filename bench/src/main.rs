@@ -841,9 +841,8 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
         let wc = worker_client(args)?;
         drain(&wc, &stack.worker_url).await?;
         eprintln!("bench: lease latency at {rate} jobs/s, only");
-        let upkeep = stack.upkeep(http).await;
-        let paced = cycle(&ctx, &wc, stack, args, Some(rate)).await?;
-        if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+        let (paced, upkeep) = paced_cycle(&ctx, &wc, stack, args, http, rate).await?;
+        if let Some(during) = upkeep {
             f.insert("upkeep_during_phase".into(), json!(during));
         }
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
@@ -901,11 +900,8 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     drain(&wc, &stack.worker_url).await?;
 
     eprintln!("bench: lease latency at 100 jobs/s");
-    let upkeep = stack.upkeep(http).await;
-    let paced = cycle(&ctx, &wc, stack, args, Some(100.0)).await?;
-    // Whether the projector's upkeep ran beside a latency phase: the phases it overlaps are
-    // the ones whose tail moves (docs/performance.md).
-    if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+    let (paced, upkeep) = paced_cycle(&ctx, &wc, stack, args, http, 100.0).await?;
+    if let Some(during) = upkeep {
         f.insert("upkeep_during_100_per_s".into(), json!(during));
     }
     eprintln!("bench: the cycle with {} workers", args.workers);
@@ -914,9 +910,8 @@ async fn measure(args: &Args, stack: &Stack, http: &reqwest::Client) -> anyhow::
     let cpu_cycle = cpu_us_per(&cpu, full.completed);
     let half_rate = (full.rate / 2.0).max(1.0);
     eprintln!("bench: lease latency at half the cycle rate ({half_rate:.0} jobs/s)");
-    let upkeep = stack.upkeep(http).await;
-    let half = cycle(&ctx, &wc, stack, args, Some(half_rate)).await?;
-    if let Some(during) = Upkeep::during(&upkeep, &stack.upkeep(http).await) {
+    let (half, upkeep) = paced_cycle(&ctx, &wc, stack, args, http, half_rate).await?;
+    if let Some(during) = upkeep {
         f.insert("upkeep_during_half_cycle_rate".into(), json!(during));
     }
 
@@ -1130,6 +1125,22 @@ struct Cycle {
 
 /// Workers lease and complete while producers enqueue: as fast as they can (`per_s` None), or
 /// one producer at a steady `per_s`.
+/// The cycle paced at `rate` jobs/s, and whether the projector's upkeep worked on a table
+/// beside it ([`Upkeep::during`]; None without projector metrics): the latency phases the
+/// upkeep overlaps are the ones whose tail moves (docs/performance.md).
+async fn paced_cycle(
+    ctx: &Arc<Ctx>,
+    wc: &reqwest::Client,
+    stack: &Stack,
+    args: &Args,
+    http: &reqwest::Client,
+    rate: f64,
+) -> anyhow::Result<(Cycle, Option<u8>)> {
+    let before = stack.upkeep(http).await;
+    let phase = cycle(ctx, wc, stack, args, Some(rate)).await?;
+    Ok((phase, Upkeep::during(&before, &stack.upkeep(http).await)))
+}
+
 async fn cycle(
     ctx: &Arc<Ctx>,
     wc: &reqwest::Client,
