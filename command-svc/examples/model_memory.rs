@@ -7,9 +7,15 @@
 //! It also counts the allocations still live at the end by requested size (the allocator is
 //! wrapped to count them), to set beside the RSS: jemalloc rounds each up to its size class.
 //!
+//! And it times what the service does under the model's lock: the longest folds (one that
+//! makes a job table grow rehashes that table's jobs), and collecting the jobs' ids all at
+//! once against one table at a time, as a snapshot taken while serving does.
+//!
 //! `cargo run --release -p command-svc --example model_memory [-- JOBS [PAYLOAD_BUDGET]]`
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The service's allocator (jemalloc), counting the live allocations of each requested size (4096 and up
@@ -79,6 +85,10 @@ fn main() {
     let before = rss_bytes();
     let live_before = live();
     let started = std::time::Instant::now();
+    // The longest folds (each holds what the model's lock would): the 1 in 10,000 longest and
+    // one more, in a heap that keeps the shortest of them on top.
+    let keep = (jobs / 10_000 + 1) as usize;
+    let mut folds = BinaryHeap::with_capacity(keep + 1);
     for seq in 1..=jobs {
         let now = Utc::now();
         let req: EnqueueRequest = serde_json::from_value(body.clone()).expect("a valid body");
@@ -98,7 +108,12 @@ fn main() {
                 event: events.remove(0),
             },
         };
+        let folding = std::time::Instant::now();
         model.fold(&rec, now).expect("the enqueue folds");
+        folds.push(Reverse((folding.elapsed(), seq)));
+        if folds.len() > keep {
+            folds.pop();
+        }
     }
     let grown = rss_bytes().saturating_sub(before);
     println!(
@@ -129,4 +144,34 @@ fn main() {
         requested as f64 / jobs as f64
     );
     assert_eq!(model.live_jobs() as u64, jobs);
+    let folds: Vec<_> = folds.into_sorted_vec().into_iter().map(|r| r.0).collect();
+    println!(
+        "fold: p99.99 {:?}, longest {:?} (job {}), second {:?} (job {})",
+        folds[folds.len() - 1].0,
+        folds[0].0,
+        folds[0].1,
+        folds[1].0,
+        folds[1].1,
+    );
+    let t = std::time::Instant::now();
+    let ids: Vec<Uuid> = model.jobs().map(|j| j.id).collect();
+    println!("ids collected: {:?} ({})", t.elapsed(), ids.len());
+    let mut each: Vec<_> = (0..command_svc::model::JOB_SHARDS)
+        .map(|shard| {
+            let t = std::time::Instant::now();
+            let ids: Vec<Uuid> = model.jobs_in_shard(shard).map(|j| j.id).collect();
+            (t.elapsed(), ids.len())
+        })
+        .collect();
+    each.sort();
+    println!(
+        "one table's ids collected: median {:?}, longest {:?} ({} ids)",
+        each[each.len() / 2].0,
+        each[each.len() - 1].0,
+        each[each.len() - 1].1,
+    );
+    let t = std::time::Instant::now();
+    let image = model.image();
+    println!("image: {:?}", t.elapsed());
+    drop(image);
 }

@@ -156,15 +156,35 @@ struct Slot {
     place: Packed,
 }
 
-/// The jobs the model holds, each found by its own id: a hash table of pointers to boxed
+/// The jobs the model holds, each found by its own id: hash tables of pointers to boxed
 /// slots. Boxed, because a hash table keeps up to half its entries empty, so inline jobs would
 /// cost twice their size in table (measured with 640-byte jobs: 2.6 KB of RSS per pending job);
 /// keyed by the slot's own `job.id`, because a map from id to box took 24 bytes an entry where
 /// the pointer alone takes 8 (about 35 bytes less per pending job, with the empty entries).
-#[derive(Default)]
+///
+/// [`JOB_SHARDS`] tables, each job in the one its id's hash picks, so that no single step
+/// under the model's lock walks every job: a table that grows rehashes only its own share
+/// (one table of a million reads every job's id from its box to move it), and a snapshot
+/// taken while serving collects the ids one table at a time (`job_ids_in_shard`).
 struct Jobs {
-    table: hashbrown::HashTable<Box<Slot>>,
+    shards: Box<[hashbrown::HashTable<Box<Slot>>]>,
     hasher: std::hash::RandomState,
+    len: usize,
+}
+
+/// How many tables hold the model's jobs: with a million jobs, about 4,000 each.
+pub const JOB_SHARDS: usize = 256;
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Self {
+            shards: (0..JOB_SHARDS)
+                .map(|_| hashbrown::HashTable::new())
+                .collect(),
+            hasher: Default::default(),
+            len: 0,
+        }
+    }
 }
 
 impl Jobs {
@@ -172,15 +192,22 @@ impl Jobs {
         self.hasher.hash_one(id)
     }
 
+    /// The table a hash belongs in, from bits the tables' own use of it leaves alone: hashbrown
+    /// takes a bucket from the low bits and a tag from the top seven.
+    fn shard(hash: u64) -> usize {
+        (hash >> 32) as usize % JOB_SHARDS
+    }
+
     fn get(&self, id: &Uuid) -> Option<&Slot> {
-        self.table
-            .find(self.hash(id), |s| s.job.id == *id)
+        let hash = self.hash(id);
+        self.shards[Self::shard(hash)]
+            .find(hash, |s| s.job.id == *id)
             .map(|s| &**s)
     }
 
     fn get_mut(&mut self, id: &Uuid) -> Option<&mut Slot> {
         let hash = self.hash(id);
-        self.table
+        self.shards[Self::shard(hash)]
             .find_mut(hash, |s| s.job.id == *id)
             .map(|s| &mut **s)
     }
@@ -190,28 +217,38 @@ impl Jobs {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(slot.job.id);
         debug_assert!(self.get(&slot.job.id).is_none());
-        self.table
-            .insert_unique(hash, slot, |s| hasher.hash_one(s.job.id));
+        self.shards[Self::shard(hash)].insert_unique(hash, slot, |s| hasher.hash_one(s.job.id));
+        self.len += 1;
     }
 
     fn remove(&mut self, id: &Uuid) -> Option<Box<Slot>> {
         let hash = self.hash(id);
-        let found = self.table.find_entry(hash, |s| s.job.id == *id).ok()?;
+        let found = self.shards[Self::shard(hash)]
+            .find_entry(hash, |s| s.job.id == *id)
+            .ok()?;
+        self.len -= 1;
         Some(found.remove().0)
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.len
     }
 
+    /// Room for `additional` more jobs, spread evenly (as the hash spreads them).
     fn reserve(&mut self, additional: usize) {
         let hasher = &self.hasher;
-        self.table
-            .reserve(additional, |s| hasher.hash_one(s.job.id));
+        let each = additional.div_ceil(JOB_SHARDS);
+        for shard in self.shards.iter_mut() {
+            shard.reserve(each, |s| hasher.hash_one(s.job.id));
+        }
     }
 
-    fn values(&self) -> impl ExactSizeIterator<Item = &Slot> {
-        self.table.iter().map(|s| &**s)
+    fn values(&self) -> impl Iterator<Item = &Slot> {
+        self.shards.iter().flat_map(|t| t.iter()).map(|s| &**s)
+    }
+
+    fn values_in_shard(&self, shard: usize) -> impl Iterator<Item = &Slot> {
+        self.shards[shard].iter().map(|s| &**s)
     }
 }
 
@@ -725,12 +762,6 @@ impl WriteModel {
         }
     }
 
-    /// The dead-lettered jobs of a tenant.
-    pub fn dead_lettered(&self, tenant: Uuid) -> impl Iterator<Item = &Job> {
-        self.jobs()
-            .filter(move |j| j.tenant_id == tenant && j.status == Status::DeadLettered)
-    }
-
     /// Stores a job's new state and places it; returns whether it is ready now. Completed and
     /// cancelled jobs leave the model; dead-lettered ones stay (unplaced) for redrives.
     pub fn put(&mut self, job: Job, now: DateTime<Utc>) -> bool {
@@ -1099,8 +1130,15 @@ impl WriteModel {
     }
 
     /// Every job the model holds (unfinished, and dead-lettered ones).
-    pub fn jobs(&self) -> impl ExactSizeIterator<Item = &Job> {
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
         self.jobs.values().map(|slot| &slot.job)
+    }
+
+    /// The jobs in one of the model's [`JOB_SHARDS`] tables: every job is in exactly one, for
+    /// as long as the model holds it. A walk over every job while serving takes the model's
+    /// lock for one table at a time, so it holds the lock for a few thousand jobs at most.
+    pub fn jobs_in_shard(&self, shard: usize) -> impl Iterator<Item = &Job> {
+        self.jobs.values_in_shard(shard).map(|slot| &slot.job)
     }
 
     /// A model from a snapshot: its image, then every job placed at `now` as a replay would

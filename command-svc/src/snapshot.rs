@@ -24,7 +24,6 @@ use chrono::{DateTime, Utc};
 use events::stream::STREAM_NAME;
 use events::{Job, SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use tokio_util::sync::CancellationToken;
 
@@ -281,18 +280,22 @@ pub fn write_live(
     engine: &Engine,
 ) -> anyhow::Result<(u64, u64, u64)> {
     let position = *engine.position.borrow();
-    let ids: Vec<Uuid> = engine.model().jobs().map(|j| j.id).collect();
+    let expected = engine.model().live_jobs();
     // One encoding thread: the other core keeps serving.
-    let mut out = Writer::create(dir, stream, position, ids.len(), 1)?;
-    for part in ids.chunks(LIVE_CHUNK) {
-        let copies: Vec<Job> = {
-            let model = engine.model();
-            part.iter()
-                .filter_map(|id| model.job(id).cloned())
-                .collect()
-        };
-        let refs: Vec<&Job> = copies.iter().collect();
-        out.chunks(&[&refs])?;
+    let mut out = Writer::create(dir, stream, position, expected, 1)?;
+    for shard in 0..crate::model::JOB_SHARDS {
+        // One table's ids at a time: collecting a million at once held the lock for them all.
+        let ids: Vec<_> = engine.model().jobs_in_shard(shard).map(|j| j.id).collect();
+        for part in ids.chunks(LIVE_CHUNK) {
+            let copies: Vec<Job> = {
+                let model = engine.model();
+                part.iter()
+                    .filter_map(|id| model.job(id).cloned())
+                    .collect()
+            };
+            let refs: Vec<&Job> = copies.iter().collect();
+            out.chunks(&[&refs])?;
+        }
     }
     // The tombstones after the jobs: a job that finished before it was copied is then known
     // to have finished, and its dependents are not held back by it.

@@ -806,3 +806,41 @@ fn ready_key_times_order_as_the_times_do() {
     assert_eq!(super::nanos(times[0]), i64::MIN);
     assert_eq!(super::nanos(times[5]), i64::MAX);
 }
+
+#[test]
+fn every_job_is_in_exactly_one_table_while_jobs_come_and_go() {
+    let mut w = World::new();
+    let tenant = Uuid::now_v7();
+    let now = t0();
+    // Enough jobs that every table holds some and grows more than once.
+    let pending: Vec<Uuid> = (0..5 * JOB_SHARDS)
+        .map(|_| w.enqueue(tenant, json!({"type": "spread", "payload": {}}), now))
+        .collect();
+    // Jobs that came and went: their slots were taken out of their tables again.
+    let gone: Vec<Uuid> = (0..JOB_SHARDS)
+        .map(|i| w.completed(tenant, &format!("gone-{i}"), now))
+        .collect();
+
+    let walked: Vec<Uuid> = (0..JOB_SHARDS)
+        .flat_map(|shard| {
+            w.model
+                .jobs_in_shard(shard)
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let unique: HashSet<Uuid> = walked.iter().copied().collect();
+    assert_eq!(walked.len(), unique.len(), "a job is in two tables");
+    assert_eq!(unique, pending.iter().copied().collect::<HashSet<_>>());
+    assert_eq!(w.model.live_jobs(), pending.len());
+    assert_eq!(w.model.jobs().count(), pending.len());
+    assert!(pending.iter().all(|id| w.model.job(id).is_some()));
+    assert!(gone.iter().all(|id| w.model.job(id).is_none()));
+    let used = (0..JOB_SHARDS)
+        .filter(|s| w.model.jobs_in_shard(*s).next().is_some())
+        .count();
+    assert!(
+        used > JOB_SHARDS / 2,
+        "the hash spreads the jobs: {used} tables used"
+    );
+}

@@ -188,13 +188,19 @@ async fn redrive(
     // Everything dead-lettered until now must be in this instance's model.
     state.engine.catch_up_all().await?;
     let tenant = user.tenant_id();
-    let mut candidates: Vec<Job> = state
-        .engine
-        .model()
-        .dead_lettered(tenant)
-        .filter(|j| req.matches(j))
-        .cloned()
-        .collect();
+    // One table of the model at a time: every request waits for its lock, and a tenant's
+    // dead-lettered jobs are found by walking every job.
+    let mut candidates: Vec<Job> = Vec::new();
+    for shard in 0..crate::model::JOB_SHARDS {
+        let model = state.engine.model();
+        candidates.extend(
+            model
+                .jobs_in_shard(shard)
+                .filter(|j| j.tenant_id == tenant && j.status == events::Status::DeadLettered)
+                .filter(|j| req.matches(j))
+                .cloned(),
+        );
+    }
     candidates.sort_by_key(|j| (j.extras().dead_lettered_at, j.id));
     if req.dry_run {
         let would_requeue = candidates.len();
