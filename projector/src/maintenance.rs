@@ -32,6 +32,7 @@ pub struct UpkeepMetrics {
     rounds: IntCounter,
     seconds: Counter,
     done: IntCounterVec,
+    deferred: IntCounter,
 }
 
 impl UpkeepMetrics {
@@ -65,7 +66,13 @@ impl UpkeepMetrics {
                 &["table", "action"],
             )
             .expect("valid"),
+            deferred: IntCounter::new(
+                "jobs_projector_upkeep_deferred_total",
+                "Upkeep rounds that stopped before a table because a rebuild of the read model was running (its tables are about to be retired).",
+            )
+            .expect("valid"),
         };
+        m.register(&s.deferred);
         m.register(&s.enabled);
         m.register(&s.running);
         m.register(&s.rounds);
@@ -294,6 +301,14 @@ async fn tables(
         if stop.is_cancelled() {
             break;
         }
+        if rebuild_running(conn).await? {
+            metrics.deferred.inc();
+            tracing::info!(
+                table,
+                "upkeep deferred: a rebuild of the read model is running"
+            );
+            break;
+        }
         let counts: Option<StatsRow> = sqlx::query_as(
             "SELECT s.n_live_tup, s.n_dead_tup, s.n_ins_since_vacuum, s.n_mod_since_analyze, \
                     c.reloptions::text[] \
@@ -333,6 +348,17 @@ async fn tables(
         done += 1;
     }
     Ok(done)
+}
+
+/// Whether a rebuild holds [`crate::rebuild::REBUILD_LOCK`]: the exclusive lock is refused
+/// while any rebuild holds it shared (taken for this statement only, and released with it).
+async fn rebuild_running(conn: &mut sqlx::PgConnection) -> anyhow::Result<bool> {
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(crate::rebuild::REBUILD_LOCK)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("looking for a running rebuild: {e}"))?;
+    Ok(!free)
 }
 
 /// Runs rounds every `every` until `stop`, if `mode` says the projector should.

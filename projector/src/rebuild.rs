@@ -417,11 +417,25 @@ async fn drop_retired(conn: &mut sqlx::PgConnection, retired: &str) {
     }
 }
 
+/// Held (shared) by every rebuild from its start until the retired tables are dropped, on a
+/// connection of its own: while it is held, the live projector's upkeep starts no `VACUUM` or
+/// `ANALYZE` (`maintenance::rebuild_running`). The tables it would work on are about to be
+/// retired, the rebuild wants both cores, and the drop after the swap waits for any statement
+/// still on them.
+pub const REBUILD_LOCK: i64 = 0x6a6f_6273_7265_6275;
+
 /// Rebuilds the read model of `database_url` from the stream and swaps it in.
 pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyhow::Result<Report> {
     let started = Instant::now();
     let schema = format!("rebuild_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
     let options: PgConnectOptions = database_url.parse().context("JOBS_DATABASE_URL")?;
+    // Closed at the end, or with the process: either releases the lock.
+    let mut running = sqlx::PgConnection::connect_with(&options).await?;
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut running)
+        .await
+        .context("marking the rebuild as running")?;
     let admin = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options.clone())
@@ -515,6 +529,9 @@ pub async fn rebuild(database_url: &str, js: &JetStream, tuning: Tuning) -> anyh
     }
     .await;
     fresh.close().await;
+    if let Err(e) = running.close().await {
+        tracing::debug!(error = %e, "closing the rebuild's marker connection");
+    }
     match result {
         Ok((events, read_back, checkpoint, swapped)) => Ok(Report {
             events,

@@ -628,6 +628,146 @@ async fn the_projector_vacuums_and_analyzes_the_read_model_where_postgres_does_n
     assert!(m["jobs_projector_upkeep_seconds_total"] > 0.0);
 }
 
+/// Shared advisory locks on `projector::rebuild::REBUILD_LOCK` in this database, as a rebuild
+/// takes it: (granted, waiting). (The upkeep's look takes it exclusively for a moment.)
+async fn rebuild_locks(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE granted AND mode = 'ShareLock'), \
+                count(*) FILTER (WHERE NOT granted AND mode = 'ShareLock') \
+         FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND d.datname = current_database() \
+           AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+    )
+    .bind(projector::rebuild::REBUILD_LOCK)
+    .fetch_one(pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// The upkeep's metrics once `ready` holds for them.
+async fn upkeep_metrics(
+    app: &TestApp,
+    projector: &tests::Running,
+    what: &str,
+    ready: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    eventually(Duration::from_secs(30), what, || {
+        let (http, url) = (app.http.clone(), projector.url());
+        let ready = &ready;
+        async move {
+            let m = tests::scrape(&http, &url).await;
+            ready(&m).then_some(m)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_upkeep_waits_while_a_rebuild_runs_and_a_rebuild_says_it_runs() {
+    let app = TestApp::spawn_with(false).await;
+    let projector = tests::start_projector_doing_upkeep(&app.nats.url(), &app.db.url)
+        .await
+        .expect("projector");
+    let pool = app.pool().await;
+    let lock = projector::rebuild::REBUILD_LOCK;
+    let deferred = |m: &std::collections::HashMap<String, f64>| {
+        m.get("jobs_projector_upkeep_deferred_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+
+    // A rebuild running, as `projector rebuild` marks itself: the lock held shared.
+    let mut rebuilding = pool.acquire().await.expect("a connection").detach();
+    sqlx::query("SELECT pg_advisory_lock_shared($1)")
+        .bind(lock)
+        .execute(&mut rebuilding)
+        .await
+        .expect("the lock");
+    // A bulk load that makes `jobs` and `job_events` due for a vacuum (the insert rule).
+    let mut last = 0;
+    for chunk in 0..13 {
+        let jobs: Vec<Value> = (0..100).map(|i| email_job(chunk * 100 + i)).collect();
+        last = app.enqueue_batch(&jobs).await.1;
+    }
+    app.get("/jobs/v1/jobs?limit=1", last).await;
+    // Two more rounds with the load in the tables: each deferred, nothing vacuumed.
+    let now = deferred(&upkeep_metrics(&app, &projector, "the upkeep's metrics", |_| true).await);
+    let m = upkeep_metrics(&app, &projector, "two deferred rounds", |m| {
+        deferred(m) >= now + 2.0
+    })
+    .await;
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("jobs_projector_upkeep_tables_total") && m[k] > 0.0),
+        "no table vacuumed or analyzed while the rebuild ran: {m:?}"
+    );
+    let (vacuumed, inserted): (Option<chrono::DateTime<chrono::Utc>>, i64) = sqlx::query_as(
+        "SELECT last_vacuum, n_ins_since_vacuum FROM pg_stat_user_tables WHERE relname = 'jobs'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        vacuumed.is_none() && inserted >= 1_300,
+        "{vacuumed:?} {inserted}"
+    );
+
+    // The rebuild over: the next round does the work it deferred.
+    sqlx::query("SELECT pg_advisory_unlock_shared($1)")
+        .bind(lock)
+        .execute(&mut rebuilding)
+        .await
+        .expect("unlock");
+    let vacuums = r#"jobs_projector_upkeep_tables_total{action="vacuum",table="jobs"}"#;
+    upkeep_metrics(&app, &projector, "the deferred vacuum", |m| {
+        m.get(vacuums).is_some_and(|n| *n >= 1.0)
+    })
+    .await;
+
+    // And `projector rebuild` takes that lock before anything else: held exclusively here,
+    // the rebuild waits for it; once free, the rebuild runs, and it leaves no lock behind.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock)
+        .execute(&mut rebuilding)
+        .await
+        .expect("the lock");
+    let rebuild = tokio::spawn(tests::procs::projector_rebuild_owned(
+        app.nats.url(),
+        app.db.url.clone(),
+    ));
+    eventually(
+        Duration::from_secs(30),
+        "the rebuild waiting for its lock",
+        || {
+            let pool = pool.clone();
+            async move { (rebuild_locks(&pool).await.1 == 1).then_some(()) }
+        },
+    )
+    .await;
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild_%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(schemas, 0, "the rebuild began before it held its lock");
+    sqlx::Connection::close(rebuilding).await.expect("closing");
+    let report = tokio::time::timeout(Duration::from_secs(120), rebuild)
+        .await
+        .expect("the rebuild ends")
+        .expect("the rebuild task");
+    assert!(report.contains("events"), "{report}");
+    // Released when its connection closed (the server ends that backend a moment after).
+    eventually(
+        Duration::from_secs(10),
+        "the rebuild's lock released",
+        || {
+            let pool = pool.clone();
+            async move { (rebuild_locks(&pool).await == (0, 0)).then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// The backend of a `VACUUM` or an `ANALYZE` of `jobs` in this test's database, if one runs
 /// waiting on a lock.
 async fn upkeep_waiting(pool: &sqlx::PgPool) -> Option<i32> {
