@@ -165,7 +165,8 @@ struct Slot {
 /// [`JOB_SHARDS`] tables, each job in the one its id's hash picks, so that no single step
 /// under the model's lock walks every job: a table that grows rehashes only its own share
 /// (one table of a million reads every job's id from its box to move it), and a snapshot
-/// taken while serving collects the ids one table at a time (`job_ids_in_shard`).
+/// taken while serving collects the ids one table at a time
+/// ([`WriteModel::jobs_in_shard`]).
 struct Jobs {
     shards: Box<[hashbrown::HashTable<Box<Slot>>]>,
     hasher: std::hash::RandomState,

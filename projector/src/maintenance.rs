@@ -72,12 +72,12 @@ impl UpkeepMetrics {
             )
             .expect("valid"),
         };
-        m.register(&s.deferred);
         m.register(&s.enabled);
         m.register(&s.running);
         m.register(&s.rounds);
         m.register(&s.seconds);
         m.register(&s.done);
+        m.register(&s.deferred);
         s
     }
 }
