@@ -610,6 +610,22 @@ pub async fn scrape(http: &reqwest::Client, base: &str) -> std::collections::Has
     parse_prometheus(&text)
 }
 
+/// `{base}/metrics`, scraped until `ready` holds for it (within `timeout`, or the test fails
+/// naming `what`).
+pub async fn scrape_until(
+    http: &reqwest::Client,
+    base: &str,
+    timeout: Duration,
+    what: &str,
+    ready: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    eventually(timeout, what, || async {
+        let m = scrape(http, base).await;
+        ready(&m).then_some(m)
+    })
+    .await
+}
+
 /// Prometheus text parsed into (series with labels, value); panics on a malformed line.
 pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();

@@ -716,14 +716,14 @@ impl Drop for NatsCluster {
     }
 }
 
-/// Runs `projector rebuild` against `nats_url` and `database_url` (with `env` besides), without
-/// blocking the caller's runtime, and checks it succeeded; its standard output (the report line,
-/// and the log around it).
 /// [`projector_rebuild`] with owned arguments, to spawn.
 pub async fn projector_rebuild_owned(nats_url: String, database_url: String) -> String {
     projector_rebuild(&nats_url, &database_url, &[]).await
 }
 
+/// Runs `projector rebuild` against `nats_url` and `database_url` (with `env` besides), without
+/// blocking the caller's runtime, and checks it succeeded; its standard output (the report line,
+/// and the log around it).
 pub async fn projector_rebuild(nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> String {
     let out = tokio::process::Command::new(bin_path("projector"))
         .arg("rebuild")

@@ -652,14 +652,13 @@ async fn upkeep_metrics(
     what: &str,
     ready: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
 ) -> std::collections::HashMap<String, f64> {
-    eventually(Duration::from_secs(30), what, || {
-        let (http, url) = (app.http.clone(), projector.url());
-        let ready = &ready;
-        async move {
-            let m = tests::scrape(&http, &url).await;
-            ready(&m).then_some(m)
-        }
-    })
+    tests::scrape_until(
+        &app.http,
+        &projector.url(),
+        Duration::from_secs(30),
+        what,
+        ready,
+    )
     .await
 }
 

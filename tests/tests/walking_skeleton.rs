@@ -553,16 +553,20 @@ async fn a_stopped_gateway_leaves_no_nginx_worker_behind() {
 /// The projector's `jobs_projector_batch_size` histogram once it counts `events` events:
 /// (batches, events in them).
 async fn batches_of(app: &TestApp, projector: &tests::Running, events: f64) -> (f64, f64) {
-    tests::eventually(Duration::from_secs(20), "the events applied", || async {
-        let m = tests::scrape(&app.http, &projector.url()).await;
-        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-        let b = (
-            get("jobs_projector_batch_size_count"),
-            get("jobs_projector_batch_size_sum"),
-        );
-        (b.1 >= events).then_some(b)
-    })
-    .await
+    let count =
+        |m: &std::collections::HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    let m = tests::scrape_until(
+        &app.http,
+        &projector.url(),
+        Duration::from_secs(20),
+        "the events applied",
+        |m| count(m, "jobs_projector_batch_size_sum") >= events,
+    )
+    .await;
+    (
+        count(&m, "jobs_projector_batch_size_count"),
+        count(&m, "jobs_projector_batch_size_sum"),
+    )
 }
 
 #[tokio::test]
